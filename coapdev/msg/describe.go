@@ -54,7 +54,7 @@ type Description struct {
 // 0..255, or "p" not an integer 0..65535.
 func ParseDescription(b []byte) (Description, error) {
 	if len(b) > MaxDescribeSize {
-		return Description{}, fmt.Errorf("msg: describe: %d bytes: %w", len(b), ErrDescribe)
+		return Description{}, fmt.Errorf("%w: %d bytes", ErrDescribe, len(b))
 	}
 	d, err := parseStrict(b)
 	if err == nil {
@@ -62,7 +62,7 @@ func ParseDescription(b []byte) (Description, error) {
 	}
 	d, lerr := parseLenient(b)
 	if lerr != nil {
-		return Description{}, fmt.Errorf("msg: describe: %w (lenient: %w): %w", err, lerr, ErrDescribe)
+		return Description{}, fmt.Errorf("%w: %w (lenient parser: %w)", ErrDescribe, err, lerr)
 	}
 	return d, nil
 }
@@ -147,7 +147,6 @@ func parseStrict(b []byte) (Description, error) {
 		// Decode as ordered tokens, so that duplicates behave as in the
 		// lenient parser (the last one wins) and counting sees them all.
 		dec := json.NewDecoder(bytes.NewReader(v))
-		dec.UseNumber()
 		if _, err := dec.Token(); err != nil { // '{'
 			return Description{}, fmt.Errorf("v: %w", err)
 		}
@@ -159,29 +158,36 @@ func parseStrict(b []byte) (Description, error) {
 			if err != nil {
 				return Description{}, fmt.Errorf("v: %w", err)
 			}
-			var n json.Number
-			if err := dec.Decode(&n); err != nil {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
 				return Description{}, fmt.Errorf("v: %w", err)
 			}
-			typ, err := strconv.ParseInt(string(n), 10, 64)
+			typ, err := jsonInt(raw)
 			if err != nil {
-				return Description{}, fmt.Errorf("v: type code %q", n)
+				return Description{}, fmt.Errorf("v: type code: %w", err)
 			}
 			r.variables = append(r.variables, nameType{k.(string), typ})
 		}
 	}
 	if p, ok := top["p"]; ok && !isNull(p) {
-		var n json.Number
-		if err := json.Unmarshal(p, &n); err != nil {
-			return Description{}, fmt.Errorf("p: %w", err)
-		}
-		v, err := strconv.ParseInt(string(n), 10, 64)
+		v, err := jsonInt(p)
 		if err != nil {
-			return Description{}, fmt.Errorf("p: %q", n)
+			return Description{}, fmt.Errorf("p: %w", err)
 		}
 		r.platform, r.hasP = v, true
 	}
 	return r.finish()
+}
+
+// jsonInt reads a JSON number that must be an integer (no fraction, no
+// exponent, not a string).
+func jsonInt(raw json.RawMessage) (int64, error) {
+	t := bytes.TrimSpace(raw)
+	v, err := strconv.ParseInt(string(t), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%.20q is not an integer", t)
+	}
+	return v, nil
 }
 
 func isNull(b json.RawMessage) bool {

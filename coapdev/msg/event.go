@@ -31,11 +31,11 @@ type Event struct {
 // MaxEventName bytes.
 func ParseEvent(m Message) (Event, error) {
 	if m.Code != POST || len(m.Path) < 2 || (m.Path[0] != "e" && m.Path[0] != "E") {
-		return Event{}, fmt.Errorf("msg: event: not POST e or E: %w", ErrMalformed)
+		return Event{}, fmt.Errorf("%w: event: not POST e or E", ErrMalformed)
 	}
 	name := joinPath(m.Path[1:])
 	if name == "" || len(name) > MaxEventName {
-		return Event{}, fmt.Errorf("msg: event: name of %d bytes: %w", len(name), ErrMalformed)
+		return Event{}, fmt.Errorf("%w: event: name of %d bytes", ErrMalformed, len(name))
 	}
 	e := Event{Name: name, Data: m.Payload, TTL: DefaultTTL, Private: m.Path[0] == "E"}
 	if m.HasMaxAge && m.MaxAge != 0 {
@@ -73,14 +73,14 @@ type Subscription struct {
 // (the firehose, which §4.4 forbids).
 func ParseSubscribe(m Message) (Subscription, error) {
 	if m.Code != GET || len(m.Path) < 1 || m.Path[0] != "e" {
-		return Subscription{}, fmt.Errorf("msg: subscribe: not GET e: %w", ErrMalformed)
+		return Subscription{}, fmt.Errorf("%w: subscribe: not GET e", ErrMalformed)
 	}
 	var s Subscription
 	if len(m.Path) > 1 {
 		s.Prefix = joinPath(m.Path[1:])
 	}
 	if len(s.Prefix) > MaxEventName {
-		return Subscription{}, fmt.Errorf("msg: subscribe: prefix of %d bytes: %w", len(s.Prefix), ErrMalformed)
+		return Subscription{}, fmt.Errorf("%w: subscribe: prefix of %d bytes", ErrMalformed, len(s.Prefix))
 	}
 	for _, q := range m.Query {
 		if string(q) == "u" {
@@ -89,12 +89,12 @@ func ParseSubscribe(m Message) (Subscription, error) {
 	}
 	if len(m.Payload) > 0 {
 		if !isHex(m.Payload, 24) {
-			return Subscription{}, fmt.Errorf("msg: subscribe: device id of %d bytes: %w", len(m.Payload), ErrMalformed)
+			return Subscription{}, fmt.Errorf("%w: subscribe: device id of %d bytes", ErrMalformed, len(m.Payload))
 		}
 		s.DeviceID = string(m.Payload)
 	}
 	if s.Prefix == "" && !s.MineOnly && s.DeviceID == "" {
-		return Subscription{}, fmt.Errorf("msg: subscribe: firehose: %w", ErrMalformed)
+		return Subscription{}, fmt.Errorf("%w: subscribe: firehose", ErrMalformed)
 	}
 	return s, nil
 }

@@ -32,7 +32,7 @@ const (
 // ErrMalformed.
 func ParseHello(p []byte) (Hello, error) {
 	if len(p) < 6 {
-		return Hello{}, fmt.Errorf("msg: hello payload of %d bytes: %w", len(p), ErrMalformed)
+		return Hello{}, fmt.Errorf("%w: hello payload of %d bytes", ErrMalformed, len(p))
 	}
 	h := Hello{
 		ProductID:      binary.BigEndian.Uint16(p[0:2]),

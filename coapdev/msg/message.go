@@ -75,9 +75,10 @@ func (m Message) IsEmpty() bool { return m.Code == Empty }
 // sends them, §7.11).
 func Decode(b []byte) (Message, error) {
 	if len(b) > MaxSize {
-		return Message{}, fmt.Errorf("msg: decode: %d bytes: %w", len(b), ErrMalformed)
+		return Message{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
 	}
-	var arr [16]message.Option
+	// Most messages have at most 4 options: try a small array first.
+	var arr [8]message.Option
 	cm := message.Message{Options: arr[:0]}
 	_, err := coder.DefaultCoder.Decode(b, &cm)
 	if errors.Is(err, message.ErrOptionsTooSmall) {
@@ -85,7 +86,7 @@ func Decode(b []byte) (Message, error) {
 		_, err = coder.DefaultCoder.Decode(b, &cm)
 	}
 	if err != nil {
-		return Message{}, fmt.Errorf("msg: decode: %w: %w", ErrMalformed, err)
+		return Message{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	m := Message{
 		Type:    Type(cm.Type),
@@ -113,12 +114,12 @@ func Decode(b []byte) (Message, error) {
 		switch {
 		case o.ID == optURIPath:
 			if len(o.Value) > maxOptionLen {
-				return Message{}, fmt.Errorf("msg: decode: Uri-Path of %d bytes: %w", len(o.Value), ErrMalformed)
+				return Message{}, fmt.Errorf("%w: Uri-Path of %d bytes", ErrMalformed, len(o.Value))
 			}
 			m.Path = append(m.Path, string(o.Value))
 		case o.ID == optURIQuery:
 			if len(o.Value) > maxOptionLen {
-				return Message{}, fmt.Errorf("msg: decode: Uri-Query of %d bytes: %w", len(o.Value), ErrMalformed)
+				return Message{}, fmt.Errorf("%w: Uri-Query of %d bytes", ErrMalformed, len(o.Value))
 			}
 			m.Query = append(m.Query, o.Value)
 		case o.ID == optMaxAge:
@@ -133,7 +134,7 @@ func Decode(b []byte) (Message, error) {
 				m.MaxAgeLen = uint8(len(o.Value))
 			}
 		case o.ID%2 == 1:
-			return Message{}, fmt.Errorf("msg: decode: unsupported critical option %d: %w", o.ID, ErrMalformed)
+			return Message{}, fmt.Errorf("%w: unsupported critical option %d", ErrMalformed, o.ID)
 		}
 	}
 	return m, nil
@@ -154,40 +155,49 @@ func (m Message) Encode() ([]byte, error) {
 // bytes in all. dst is returned unchanged on error.
 func (m Message) AppendEncode(dst []byte) ([]byte, error) {
 	if m.Type > Reset {
-		return dst, fmt.Errorf("msg: encode: type %d: %w", m.Type, ErrEncode)
+		return dst, fmt.Errorf("%w: type %d", ErrEncode, m.Type)
 	}
 	if len(m.Token) > message.MaxTokenSize {
-		return dst, fmt.Errorf("msg: encode: token of %d bytes: %w", len(m.Token), ErrEncode)
+		return dst, fmt.Errorf("%w: token of %d bytes", ErrEncode, len(m.Token))
 	}
 	nOpts := len(m.Path) + len(m.Query)
 	if m.HasMaxAge {
 		nOpts++
 	}
 	if nOpts > maxOptions {
-		return dst, fmt.Errorf("msg: encode: %d options: %w", nOpts, ErrEncode)
+		return dst, fmt.Errorf("%w: %d options", ErrEncode, nOpts)
 	}
 	var arr [8]message.Option
 	opts := message.Options(arr[:0])
 	if nOpts > len(arr) {
 		opts = make(message.Options, 0, nOpts)
 	}
+	// One scratch buffer holds the bytes of the Uri-Path strings and of
+	// Max-Age, so encoding allocates once for all option values.
+	need := 4
 	for _, p := range m.Path {
 		if len(p) > maxOptionLen {
-			return dst, fmt.Errorf("msg: encode: Uri-Path of %d bytes: %w", len(p), ErrEncode)
+			return dst, fmt.Errorf("%w: Uri-Path of %d bytes", ErrEncode, len(p))
 		}
-		opts = append(opts, message.Option{ID: optURIPath, Value: []byte(p)})
+		need += len(p)
 	}
-	var age [4]byte
+	scratch := make([]byte, 0, need)
+	for _, p := range m.Path {
+		start := len(scratch)
+		scratch = append(scratch, p...)
+		opts = append(opts, message.Option{ID: optURIPath, Value: scratch[start:len(scratch):len(scratch)]})
+	}
 	if m.HasMaxAge {
 		n := max(uintLen(m.MaxAge), min(int(m.MaxAgeLen), 4))
-		for i := range n {
-			age[n-1-i] = byte(m.MaxAge >> (8 * i))
+		start := len(scratch)
+		for i := n - 1; i >= 0; i-- {
+			scratch = append(scratch, byte(m.MaxAge>>(8*i)))
 		}
-		opts = append(opts, message.Option{ID: optMaxAge, Value: age[:n]})
+		opts = append(opts, message.Option{ID: optMaxAge, Value: scratch[start:]})
 	}
 	for _, q := range m.Query {
 		if len(q) > maxOptionLen {
-			return dst, fmt.Errorf("msg: encode: Uri-Query of %d bytes: %w", len(q), ErrEncode)
+			return dst, fmt.Errorf("%w: Uri-Query of %d bytes", ErrEncode, len(q))
 		}
 		opts = append(opts, message.Option{ID: optURIQuery, Value: q})
 	}
@@ -201,15 +211,15 @@ func (m Message) AppendEncode(dst []byte) ([]byte, error) {
 	}
 	size, err := coder.DefaultCoder.Size(cm)
 	if err != nil {
-		return dst, fmt.Errorf("msg: encode: %w: %w", ErrEncode, err)
+		return dst, fmt.Errorf("%w: %w", ErrEncode, err)
 	}
 	if size > MaxSize {
-		return dst, fmt.Errorf("msg: encode: %d bytes: %w", size, ErrEncode)
+		return dst, fmt.Errorf("%w: %d bytes", ErrEncode, size)
 	}
 	start := len(dst)
 	out := growBytes(dst, size)
 	if _, err := coder.DefaultCoder.Encode(cm, out[start:]); err != nil {
-		return dst, fmt.Errorf("msg: encode: %w: %w", ErrEncode, err)
+		return dst, fmt.Errorf("%w: %w", ErrEncode, err)
 	}
 	return out, nil
 }

@@ -52,17 +52,17 @@ func DecodeValue(t VarType, b []byte) (Value, error) {
 	switch t {
 	case VarBool:
 		if len(b) != 1 {
-			return Value{}, fmt.Errorf("msg: bool value of %d bytes: %w", len(b), ErrMalformed)
+			return Value{}, fmt.Errorf("%w: bool value of %d bytes", ErrMalformed, len(b))
 		}
 		return Value{Type: VarBool, Bool: b[0] != 0}, nil
 	case VarInt:
 		if len(b) != 4 {
-			return Value{}, fmt.Errorf("msg: int value of %d bytes: %w", len(b), ErrMalformed)
+			return Value{}, fmt.Errorf("%w: int value of %d bytes", ErrMalformed, len(b))
 		}
 		return Value{Type: VarInt, Int: int32(binary.BigEndian.Uint32(b))}, nil
 	case VarDouble:
 		if len(b) != 8 {
-			return Value{}, fmt.Errorf("msg: double value of %d bytes: %w", len(b), ErrMalformed)
+			return Value{}, fmt.Errorf("%w: double value of %d bytes", ErrMalformed, len(b))
 		}
 		// spark-protocol.md §7.15: the double is little-endian, unlike int32.
 		return Value{Type: VarDouble, Double: math.Float64frombits(binary.LittleEndian.Uint64(b))}, nil
@@ -105,7 +105,7 @@ func (v Value) Text() string {
 // FunctionCall). Another length wraps ErrMalformed.
 func DecodeReturn(b []byte) (int32, error) {
 	if len(b) != 4 {
-		return 0, fmt.Errorf("msg: function return of %d bytes: %w", len(b), ErrMalformed)
+		return 0, fmt.Errorf("%w: function return of %d bytes", ErrMalformed, len(b))
 	}
 	return int32(binary.BigEndian.Uint32(b)), nil
 }
