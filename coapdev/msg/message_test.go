@@ -22,7 +22,7 @@ func unhex(t testing.TB, s string) []byte {
 
 // TestDecodeMalformed: undecodable CoAP wraps ErrMalformed.
 func TestDecodeMalformed(t *testing.T) {
-	manyOpts := append(unhex(t, "41011234 01 b161"), make([]byte, 300)...) // 301 Uri-Path options
+	manyOpts := append(unhex(t, "41011234 01 b161"), make([]byte, 300)...)                      // 301 Uri-Path options
 	longPath := append(unhex(t, "41011234 01 b161 0e 0000"), bytes.Repeat([]byte{'a'}, 269)...) // 269 bytes
 	tests := []struct {
 		name string
