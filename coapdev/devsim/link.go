@@ -200,16 +200,24 @@ func (l *link) do(ctx context.Context, f func() error) error {
 func (l *link) loop() error {
 	ctx := l.ctx
 	defer l.stopAppTimer()
-	if err := l.sendHello(); err != nil {
-		return err
-	}
 	var helloC <-chan time.Time
 	if l.q.helloWait > 0 {
+		if err := l.sendHello(); err != nil {
+			return err
+		}
 		t := time.NewTimer(l.q.helloWait)
 		defer t.Stop()
 		helloC = t.C
-	} else if err := l.connected(); err != nil {
-		return err
+	} else {
+		// The Core waits for nothing: it is connected once its Hello is
+		// queued, and becomes so before the Hello can reach the server.
+		l.markUp()
+		if err := l.sendHello(); err != nil {
+			return err
+		}
+		if err := l.afterHello(); err != nil {
+			return err
+		}
 	}
 	var pingC <-chan time.Time
 	var pingTimer *time.Timer
@@ -238,7 +246,8 @@ func (l *link) loop() error {
 			}
 			if l.serverHello && !l.up {
 				helloC = nil
-				if err := l.connected(); err != nil {
+				l.markUp()
+				if err := l.afterHello(); err != nil {
 					return err
 				}
 			}
@@ -265,13 +274,16 @@ func (l *link) loop() error {
 	}
 }
 
-// connected runs once the hello exchange is done: the connection becomes
-// the Device's current one, the system messages go out and the application
-// start is scheduled.
-func (l *link) connected() error {
+// markUp makes the connection the Device's current one, once the hello
+// exchange is done.
+func (l *link) markUp() {
 	l.up = true
 	l.d.setLink(l)
 	l.log.Debug("connected", "firmware", l.cfg.Firmware.String())
+}
+
+// afterHello sends the system messages and schedules the application start.
+func (l *link) afterHello() error {
 	if l.cfg.SystemMessages && l.q.photon {
 		if err := l.sendSystemMessages(); err != nil {
 			return err
