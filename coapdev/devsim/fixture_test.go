@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/aes"
-		"fmt"
+	"fmt"
 	"io"
 	"net"
 	"strings"
