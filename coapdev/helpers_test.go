@@ -3,6 +3,8 @@ package coapdev
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/binary"
@@ -332,8 +334,9 @@ type tdev struct {
 	conn net.Conn
 	hs   *handshake.Session
 	r    *frame.Reader
-	w    *frame.Writer
-	id   uint16 // last device message id used
+	blk  cipher.Block
+	wiv  [frame.BlockSize]byte // the device's outbound IV chain
+	id   uint16                // last device message id used
 }
 
 // dialDevice connects device id (of kind k) to ts and runs the handshake;
@@ -360,7 +363,11 @@ func dialDevice(t testing.TB, ts *testServer, id keys.DeviceID, k handshake.Kind
 	}
 	d.hs = hs
 	d.r = frame.NewReader(conn, hs.Key[:], hs.IV[:], frame.HardMaxFrame)
-	d.w = frame.NewWriter(conn, hs.Key[:], hs.IV[:], frame.HardMaxFrame)
+	d.blk, err = aes.NewCipher(hs.Key[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.wiv = hs.IV
 	d.id = 0x1000
 	return d
 }
@@ -381,10 +388,24 @@ func (d *tdev) send(m msg.Message) {
 
 func (d *tdev) sendPlain(b []byte) {
 	d.t.Helper()
+	d.sendRaw(frame.Seal(nil, d.blk, &d.wiv, b))
+}
+
+// sendRaw writes bytes as they are.
+func (d *tdev) sendRaw(b []byte) {
+	d.t.Helper()
 	d.deadline()
-	if err := d.w.WriteFrame(b); err != nil {
+	if _, err := d.conn.Write(b); err != nil {
 		d.t.Fatalf("device write: %v", err)
 	}
+}
+
+// badPadding returns a frame that decrypts to a block with pad byte 0.
+func (d *tdev) badPadding() []byte {
+	var p [frame.BlockSize]byte
+	p[0] = 0x50
+	cipher.NewCBCEncrypter(d.blk, d.wiv[:]).CryptBlocks(p[:], p[:])
+	return append([]byte{0, frame.BlockSize}, p[:]...)
 }
 
 // recv reads and decodes the next server message.
@@ -503,4 +524,3 @@ func (ts *testServer) sessionEnd(t testing.TB, s *Session) CloseReason {
 func (ts *testServer) failures(r CloseReason) uint64 {
 	return ts.srv.Stats().HandshakesFailed[r.String()]
 }
-
