@@ -197,6 +197,20 @@ func newPeer(t *testing.T, cfg Config) (*peer, *Device, msg.Message, *runner) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p, hello, rn := startPeer(t, d)
+	return p, d, hello, rn
+}
+
+// attachPeer runs d against a new peer and returns the peer after the
+// device Hello.
+func attachPeer(t *testing.T, d *Device) *peer {
+	t.Helper()
+	p, _, _ := startPeer(t, d)
+	return p
+}
+
+func startPeer(t *testing.T, d *Device) (*peer, msg.Message, *runner) {
+	t.Helper()
 	srv, dev := net.Pipe()
 	t.Cleanup(func() { _ = srv.Close() })
 	rn := run(t, d, dev)
@@ -206,7 +220,7 @@ func newPeer(t *testing.T, cfg Config) (*peer, *Device, msg.Message, *runner) {
 	sess, err := handshake.Server(srv, handshake.ServerConfig{
 		Key: serverKey(t),
 		Lookup: func(id keys.DeviceID, offered *rsa.PublicKey) (*rsa.PublicKey, error) {
-			if id != cfg.DeviceID {
+			if id != d.ID() {
 				return nil, keys.ErrUnknownDevice
 			}
 			return d.PublicKey(), nil
@@ -227,7 +241,7 @@ func newPeer(t *testing.T, cfg Config) (*peer, *Device, msg.Message, *runner) {
 	if hello.Kind() != msg.KindHello {
 		t.Fatalf("first device message: got %v, want Hello", hello.Kind())
 	}
-	return p, d, hello, rn
+	return p, hello, rn
 }
 
 // read reads and decodes the next device message.
