@@ -51,6 +51,9 @@ var (
 	ErrArgTooLong = errors.New("bridge: argument too long")
 	// ErrGone: the session ended before the device answered.
 	ErrGone = errors.New("bridge: device session ended")
+	// ErrNotSent: the request was certainly not sent (the session had ended
+	// already); the bridge queues the call again for the next session.
+	ErrNotSent = errors.New("bridge: request not sent")
 )
 
 // DeviceInfo is what the device told about itself in its Hello, for the

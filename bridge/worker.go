@@ -203,6 +203,9 @@ func (b *Bridge) describe(d *dev, s *session) {
 	desc, err := s.d.Describe(ctx)
 	cancel()
 	b.stats.describes.Add(1)
+	if errors.Is(err, ErrGone) {
+		s.end()
+	}
 	if err != nil {
 		d.mu.Lock()
 		s.phase = phaseBlind
@@ -324,6 +327,12 @@ func (b *Bridge) runCall(d *dev, s *session, c *call) {
 	rv, err := s.d.Call(octx, c.fn, c.arg)
 	cancel()
 	b.stats.deviceCalls.Add(1)
+	if errors.Is(err, ErrGone) {
+		s.end() // stop taking work: the session is over even if Done is not closed yet
+	}
+	if errors.Is(err, ErrNotSent) && b.requeue(ctx, d, c) {
+		return
+	}
 	if err == nil {
 		b.stats.callsOK.Add(1)
 		b.finishCall(ctx, d, c, result{ReturnValue: &rv}, true)
@@ -333,6 +342,31 @@ func (b *Bridge) runCall(d *dev, s *session, c *call) {
 	msg, retain := b.callError(s, err)
 	b.log.Debug("call failed", "device", d.id, "fn", c.fn, "err", err)
 	b.finishCall(ctx, d, c, result{Error: msg}, retain)
+}
+
+// requeue puts back a call that never left for a session that ended: the
+// worker's exit holds it for the next session. It reports false when a
+// newer call for the function took its place meanwhile (then c is
+// superseded).
+func (b *Bridge) requeue(ctx context.Context, d *dev, c *call) bool {
+	d.mu.Lock()
+	newer := d.calls[c.fn]
+	if newer == nil {
+		d.calls[c.fn] = c
+	}
+	d.mu.Unlock()
+	if newer == nil {
+		b.log.Debug("call not sent: queued again", "device", d.id, "fn", c.fn)
+		d.pubMu.Lock()
+		if d.pendingOwner[c.fn] == c { // undo the delivering mark
+			_ = b.publish(ctx, b.t.pending(d.topic, c.fn), c.pending(d.id, nil), true)
+		}
+		d.pubMu.Unlock()
+		return true
+	}
+	b.stats.callsSuperseded.Add(1)
+	b.finishCall(ctx, d, c, result{Error: errSuperseded}, false)
+	return true
 }
 
 // callError maps a device request error to the result's error text and
@@ -407,6 +441,9 @@ func (b *Bridge) read(d *dev, s *session, name string, forced bool) {
 	}
 	d.mu.Unlock()
 
+	if errors.Is(err, ErrGone) {
+		s.end()
+	}
 	if err != nil {
 		b.stats.readErrors.Add(1)
 		if b.alive(s) {
@@ -456,6 +493,9 @@ func (b *Bridge) signal(d *dev, s *session, on bool) {
 	ctx, cancel := b.opCtx(s)
 	err := s.d.Signal(ctx, on)
 	cancel()
+	if errors.Is(err, ErrGone) {
+		s.end()
+	}
 	b.stats.signals.Add(1)
 	if err != nil {
 		b.lim.warn(b.log, "signal:"+d.id, "signal failed", "device", d.id, "err", err)

@@ -1,0 +1,116 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/spark2mqtt/spark2mqtt/broker"
+)
+
+// TestStory is the mission's story against the real broker and a simulated
+// heater: availability, retained values, a call and its result, then the
+// device goes away.
+func TestStory(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.startBridge()
+	u := h.newUser()
+	heater, dev := h.addHeater(heaterID)
+	id := dev.id
+
+	u.waitPayload("spark/bridge/state", "online")
+	dev.connect()
+	if m := u.waitPayload(topicOf(id, "availability"), "online"); m.retained {
+		t.Errorf("live availability came retained")
+	}
+	u.waitPayload(topicOf(id, "var", "temp"), "48.5")
+	u.waitPayload(topicOf(id, "var", "state"), "0")
+	if p, ok := h.retained(topicOf(id, "var", "temp")); !ok || p != "48.5" {
+		t.Errorf("retained temp = %q, %v; want 48.5", p, ok)
+	}
+
+	// A raw call.
+	u.publish(topicOf(id, "fn", "heater"), "on")
+	r := decodeResult(t, u.wait(topicOf(id, "fn", "heater", "result"), nil).payload)
+	if r.ReturnValue == nil || *r.ReturnValue != 1 || r.Arg != "on" || r.Error != "" {
+		t.Errorf("result = %+v, want return_value 1 for arg on", r)
+	}
+	if !heater.On() {
+		t.Error("heater is off after on")
+	}
+	if p, ok := h.retained(topicOf(id, "fn", "heater", "result")); !ok || p != `{"arg":"on","return_value":1}` {
+		t.Errorf("retained result = %q, %v", p, ok)
+	}
+
+	// A JSON call with a transaction; a get shows the new state.
+	u.publish(topicOf(id, "fn", "heater", "call"), `{"arg":"off","transaction":"t-1"}`)
+	r = u.waitResult(topicOf(id, "fn", "heater", "result"), "t-1")
+	if r.ReturnValue == nil || *r.ReturnValue != 0 {
+		t.Errorf("result = %+v, want return_value 0", r)
+	}
+	u.publish(topicOf(id, "var", "state", "get"), "")
+	waitFor(t, "state read after get", func() bool { return h.br.Stats().Gets == 1 && h.br.Stats().Reads >= 3 })
+
+	// The inventory lists the device.
+	m := u.wait("spark/bridge/devices", func(p string) bool {
+		var inv []InventoryDevice
+		return json.Unmarshal([]byte(p), &inv) == nil && len(inv) == 1 && inv[0].Online && inv[0].Functions != nil
+	})
+	var inv []InventoryDevice
+	if err := json.Unmarshal([]byte(m.payload), &inv); err != nil {
+		t.Fatal(err)
+	}
+	if got := inv[0]; got.ID != id || got.Kind != "core" || len(got.Functions) != 1 || got.Variables["temp"] != "double" {
+		t.Errorf("inventory = %+v", got)
+	}
+
+	dev.disconnect()
+	u.waitPayload(topicOf(id, "availability"), "offline")
+	st := h.br.Stats()
+	if st.CallsOK != 2 || st.CallsError != 0 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
+// TestResponseTopic: an MQTT 5 request with a response topic and
+// correlation data gets its result there too.
+func TestResponseTopic(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.startBridge()
+	_, dev := h.addHeater(heaterID)
+	dev.connect()
+
+	c := h.brk.NewClient()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	defer func() { _ = c.Close(ctx) }()
+	got := make(chan broker.Message, 4)
+	if _, err := c.Subscribe(ctx, "replies/me", 1, func(m broker.Message) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, topic, payload, want string
+	}{
+		{"call", topicOf(dev.id, "fn", "heater"), "on", `{"arg":"on","return_value":1}`},
+		{"unknown function", topicOf(dev.id, "fn", "nope"), "on", `{"arg":"on","error":"unknown function"}`},
+		{"get", topicOf(dev.id, "var", "temp", "get"), "", `{"var":"temp","value":"48.5"}`},
+		{"get unknown", topicOf(dev.id, "var", "nope", "get"), "", `{"var":"nope","error":"unknown variable"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			corr := []byte("corr-" + tc.name)
+			err := c.Publish(ctx, broker.Message{Topic: tc.topic, Payload: []byte(tc.payload), QoS: 1, ResponseTopic: "replies/me", CorrelationData: corr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case m := <-got:
+				if string(m.Payload) != tc.want || string(m.CorrelationData) != string(corr) {
+					t.Errorf("response = %s (corr %q), want %s (corr %q)", m.Payload, m.CorrelationData, tc.want, corr)
+				}
+			case <-time.After(waitLong):
+				t.Fatal("no response")
+			}
+		})
+	}
+}
