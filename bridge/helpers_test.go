@@ -138,10 +138,10 @@ type harness struct {
 	cfg  Config // template for startBridge
 
 	// The running bridge and server (restartable).
-	br        *Bridge
-	client    *embedded.Client
-	srv       *coapdev.Server
-	coapAddr  string
+	br          *Bridge
+	client      *embedded.Client
+	srv         *coapdev.Server
+	coapAddr    string
 	stopFns     []func()
 	devCancel   []func()
 	stopServer  func()
