@@ -29,6 +29,10 @@ type FleetConfig struct {
 	// becomes FleetID(i); a nil DeviceKey uses SharedKey(), so the whole
 	// fleet shares one key (see Provision). Required.
 	Config func(i int) Config
+	// New, when set instead of Config, makes device i itself (for devices
+	// built around an application, e.g. NewHeater(...).Device()). Its
+	// device must have a unique, non-zero id.
+	New func(i int) (*Device, error)
 	// Concurrency bounds the connections in their handshake at once
 	// (default 16): the server's RSA work is the cost of a connect.
 	Concurrency int
@@ -65,8 +69,8 @@ func FleetID(i int) keys.DeviceID {
 // NewFleet creates the fleet's devices (no connection yet). Errors:
 // ErrConfig, or New's for a device.
 func NewFleet(cfg FleetConfig) (*Fleet, error) {
-	if cfg.Count <= 0 || cfg.Config == nil || cfg.Addr == "" {
-		return nil, fmt.Errorf("%w: fleet needs Addr, Count > 0 and Config", ErrConfig)
+	if cfg.Count <= 0 || (cfg.Config == nil) == (cfg.New == nil) || cfg.Addr == "" {
+		return nil, fmt.Errorf("%w: fleet needs Addr, Count > 0 and one of Config and New", ErrConfig)
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultFleetConcurrency
@@ -79,6 +83,14 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	}
 	f := &Fleet{cfg: cfg, devs: make([]*Device, cfg.Count), allUp: make(chan struct{})}
 	for i := range f.devs {
+		if cfg.New != nil {
+			d, err := cfg.New(i)
+			if err != nil {
+				return nil, fmt.Errorf("devsim: fleet device %d: %w", i, err)
+			}
+			f.devs[i] = d
+			continue
+		}
 		dc := cfg.Config(i)
 		if dc.DeviceID == (keys.DeviceID{}) {
 			dc.DeviceID = FleetID(i)
