@@ -40,12 +40,13 @@
 // (Fleet reconnects).
 //
 // Concurrency: Device, Heater and Fleet methods are safe for concurrent use.
-// A connection has three goroutines, all ended when Run returns: a reader
-// (owns the inbound frame.Reader), a writer (owns the outbound IV chain:
-// only it encrypts, so encryption order is wire order; bounded queue, the
-// loop waits when it is full) and the loop (owns every counter, token and
-// pending request; runs the functions, variable getters and callbacks like
-// a single-threaded device, so they must not block). Config.App runs in a
+// A connection runs the loop on Run's own goroutine plus two more, all
+// ended when Run returns: a reader (owns the inbound frame.Reader) and a
+// writer (owns the outbound IV chain: only it encrypts, so encryption order
+// is wire order; bounded queue, the loop waits when it is full). The loop
+// owns every counter, token and pending request and runs the functions,
+// variable getters and callbacks like a single-threaded device, so they
+// must not block. Config.App runs in a
 // fourth goroutine while the application is up. The methods talk to the
 // loop over a bounded channel. Device.mu guards the fields named in Device;
 // it is never held across I/O, a channel operation or a callback.

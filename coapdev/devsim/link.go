@@ -36,8 +36,9 @@ const (
 // link is one connection of a Device after the handshake. Three goroutines
 // share it: readLoop (owns the frame.Reader), writeLoop (owns the
 // frame.Writer, i.e. the outbound IV chain, so encryption order is wire
-// order) and loop (owns every protocol counter and all state below), plus
-// the optional App goroutine, which only calls Device methods.
+// order) and loop, on Run's goroutine (owns every protocol counter and all
+// state below), plus the optional App goroutine, which only calls Device
+// methods.
 type link struct {
 	// Immutable after newLink.
 	d    *Device
@@ -95,18 +96,26 @@ func newLink(d *Device, conn net.Conn, sess *handshake.Session) *link {
 	return l
 }
 
-// run runs the three goroutines until the first of them fails or ctx ends,
-// and returns that first error.
+// run runs the reader and the writer in an errgroup and the loop in the
+// calling goroutine until one of them fails or ctx ends, and returns the
+// first failure.
 func (l *link) run(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(lctx)
 	l.g, l.ctx = g, gctx
 	stop := context.AfterFunc(gctx, func() { _ = l.conn.Close() })
 	defer stop()
 	defer l.d.clearLink(l)
 	g.Go(l.readLoop)
 	g.Go(l.writeLoop)
-	g.Go(l.loop)
-	return g.Wait()
+	err := l.loop()
+	loopFirst := gctx.Err() == nil // else the reader or writer failed first
+	cancel()
+	if gerr := g.Wait(); !loopFirst {
+		return gerr
+	}
+	return err
 }
 
 // readLoop reads and decrypts frames and hands copies to the loop.
