@@ -27,7 +27,8 @@ type FleetConfig struct {
 	Count int
 	// Config returns device i's Config (0 <= i < Count). A zero DeviceID
 	// becomes FleetID(i); a nil DeviceKey uses SharedKey(), so the whole
-	// fleet shares one key (see Provision). Required.
+	// fleet shares one key (see Provision). Exactly one of Config and New
+	// is required.
 	Config func(i int) Config
 	// New, when set instead of Config, makes device i itself (for devices
 	// built around an application, e.g. NewHeater(...).Device()). Its
@@ -85,6 +86,9 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	for i := range f.devs {
 		if cfg.New != nil {
 			d, err := cfg.New(i)
+			if err == nil && d == nil {
+				err = fmt.Errorf("%w: New returned no device", ErrConfig)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("devsim: fleet device %d: %w", i, err)
 			}

@@ -214,7 +214,57 @@ func TestFleetConfigErrors(t *testing.T) {
 			t.Errorf("%+v: got %v, want ErrConfig", cfg, err)
 		}
 	}
+	both := FleetConfig{Addr: "127.0.0.1:1", Count: 1, Config: func(int) Config { return Config{} },
+		New: func(int) (*Device, error) { return nil, nil }}
+	if _, err := NewFleet(both); !errors.Is(err, ErrConfig) {
+		t.Errorf("Config and New: got %v, want ErrConfig", err)
+	}
+	if _, err := NewFleet(FleetConfig{Addr: "127.0.0.1:1", Count: 1, New: func(int) (*Device, error) { return nil, nil }}); !errors.Is(err, ErrConfig) {
+		t.Errorf("New without a device: got %v, want ErrConfig", err)
+	}
 	if _, err := NewFleet(FleetConfig{Addr: "127.0.0.1:1", Count: 1, Config: func(int) Config { return Config{Firmware: Core} }}); !errors.Is(err, ErrConfig) {
 		t.Errorf("device without server key: got %v, want ErrConfig", err)
+	}
+}
+
+// TestFleetOfHeaters: New builds heaters; their temperature events go out.
+func TestFleetOfHeaters(t *testing.T) {
+	key, err := SharedKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cloud := newTestCloud(t, &key.PublicKey)
+	heaters := make([]*Heater, 3)
+	f, err := NewFleet(FleetConfig{
+		Addr: cloud.ln.Addr().String(), Count: len(heaters),
+		New: func(i int) (*Device, error) {
+			h, err := NewHeater(HeaterConfig{
+				Device:   Config{Firmware: allFirmwares[i], DeviceID: FleetID(i), ServerKey: &serverKey(t).PublicKey},
+				Interval: 10 * time.Millisecond,
+			})
+			if err != nil {
+				return nil, err
+			}
+			heaters[i] = h
+			return h.Device(), nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	waitFor(t, "three events from every heater", func() bool {
+		for _, h := range heaters {
+			if h.Device().Stats().EventsOut < 3 {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
