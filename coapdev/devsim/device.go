@@ -222,8 +222,8 @@ func (d *Device) Subscribe(ctx context.Context, s msg.Subscription) error {
 		return nil
 	}
 	return l.do(ctx, func() error {
-		if !l.appStarted {
-			return nil // sent with the others when the application starts
+		if !l.appStarted || slices.Contains(l.subs, s) {
+			return nil // sent (or to be sent) with the application's start
 		}
 		return l.subscribe(s)
 	})

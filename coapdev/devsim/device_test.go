@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/spark2mqtt/spark2mqtt/coapdev/frame"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/keys"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/msg"
 )
@@ -679,5 +680,41 @@ func TestParseFirmware(t *testing.T) {
 	}
 	if _, err := ParseFirmware("electron"); !errors.Is(err, ErrConfig) {
 		t.Errorf("ParseFirmware(electron): got %v, want ErrConfig", err)
+	}
+}
+
+// TestFrameLimit: a Core drops the connection on a frame over 640 bytes
+// (spark-protocol.md §3); a Photon takes up to 800.
+func TestFrameLimit(t *testing.T) {
+	for _, fw := range []Firmware{Core, Photon08} {
+		t.Run(fw.String(), func(t *testing.T) {
+			p, d, _, rn := newPeer(t, Config{Firmware: fw, DeviceID: testID})
+			p.connect(d)
+			p.write(msg.NewEventToDevice(p.nextID(), "big", bytes.Repeat([]byte("x"), 700), 60, false))
+			if fw == Core {
+				if err := rn.wait(t); !errors.Is(err, frame.ErrTooLarge) {
+					t.Fatalf("Run: got %v, want frame.ErrTooLarge", err)
+				}
+				return
+			}
+			p.write(msg.NewPing(p.nextID()))
+			if m := p.read(); m.Kind() != msg.KindEmptyAck {
+				t.Fatalf("got %v, want the ping's empty ACK", m.Kind())
+			}
+		})
+	}
+}
+
+// TestRunEndsWithContext: cancelling Run's context ends it with nil.
+func TestRunEndsWithContext(t *testing.T) {
+	p, d, _, rn := newPeer(t, Config{Firmware: Photon07, DeviceID: testID})
+	p.connect(d)
+	if err := rn.stop(); err != nil {
+		t.Fatalf("Run: got %v, want nil", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	if err := d.WaitConnected(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitConnected after the end: got %v, want DeadlineExceeded", err)
 	}
 }

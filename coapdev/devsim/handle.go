@@ -21,7 +21,7 @@ func (l *link) handle(p []byte) error {
 		return fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
 	l.log.Debug("received", "type", m.Type, "code", m.Code, "id", m.ID, "path", m.Path)
-	if m.Type == msg.Acknowledgement && m.Code>>5 >= 4 && l.q.dropOnErrorAck {
+	if m.Type == msg.Acknowledgement && m.Code.Class() >= 4 && l.q.dropOnErrorAck {
 		return fmt.Errorf("%w: %v to id %#04x", ErrErrorAck, m.Code, m.ID)
 	}
 	switch m.Kind() {
