@@ -23,7 +23,7 @@ const heaterID = "53ff6b065067544853360187"
 // simHeater is a simulated water heater that the test connects and
 // disconnects at will.
 type simHeater struct {
-	t      *testing.T
+	t      testing.TB
 	heater *devsim.Heater
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -32,7 +32,7 @@ type simHeater struct {
 
 // newSimHeater creates the heater (a Core) for the server key in dataDir
 // and registers its key with `spark2mqtt keys add`, as a user would.
-func newSimHeater(t *testing.T, dataDir string) *simHeater {
+func newSimHeater(t testing.TB, dataDir string) *simHeater {
 	t.Helper()
 	spub := readServerKey(t, dataDir)
 	dkey, err := devsim.SharedKey()
@@ -66,7 +66,7 @@ func newSimHeater(t *testing.T, dataDir string) *simHeater {
 }
 
 // readServerKey waits for the server's public key file and parses it.
-func readServerKey(t *testing.T, dataDir string) *rsa.PublicKey {
+func readServerKey(t testing.TB, dataDir string) *rsa.PublicKey {
 	t.Helper()
 	var b []byte
 	waitFor(t, 10*time.Second, "the server public key", func() bool {

@@ -68,7 +68,7 @@ func cleanEnv(extra ...string) []string {
 }
 
 // runBin runs the binary to completion and returns its output and exit code.
-func runBin(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+func runBin(t testing.TB, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -86,7 +86,7 @@ func runBin(t *testing.T, env []string, args ...string) (stdout, stderr string, 
 
 // server is a running `spark2mqtt serve` process.
 type server struct {
-	t       *testing.T
+	t       testing.TB
 	cmd     *exec.Cmd
 	dataDir string
 	// Addresses learnt from the "listening" log lines.
@@ -101,7 +101,7 @@ type server struct {
 
 // startServer starts `spark2mqtt serve` on free loopback ports with the data
 // dir and extra environment, and waits until it listens.
-func startServer(t *testing.T, dataDir string, env ...string) *server {
+func startServer(t testing.TB, dataDir string, env ...string) *server {
 	t.Helper()
 	base := []string{
 		"SPARK2MQTT_DATA_DIR=" + dataDir,
@@ -199,8 +199,14 @@ func (s *server) stop() {
 
 // logged reports whether a log line with msg and the given attributes was seen.
 func (s *server) logged(msg string, attrs map[string]string) bool {
+	return s.countLogged(msg, attrs) > 0
+}
+
+// countLogged counts the log lines with msg and the given attributes.
+func (s *server) countLogged(msg string, attrs map[string]string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	n := 0
 next:
 	for _, l := range s.lines {
 		if l["msg"] != msg {
@@ -211,13 +217,13 @@ next:
 				continue next
 			}
 		}
-		return true
+		n++
 	}
-	return false
+	return n
 }
 
 // waitFor polls cond until it holds or the timeout ends (then fails).
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -231,7 +237,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // watcher is an MQTT client (paho, the way a user's tool connects) that
 // records every message it receives, retained ones included.
 type watcher struct {
-	t      *testing.T
+	t      testing.TB
 	client mqtt.Client
 	mu     sync.Mutex
 	msgs   []mqttMsg
@@ -246,7 +252,7 @@ type mqttMsg struct {
 
 // newWatcher connects to the broker at addr (host:port or a URL) and
 // subscribes to filter.
-func newWatcher(t *testing.T, addr, filter string) *watcher {
+func newWatcher(t testing.TB, addr, filter string) *watcher {
 	t.Helper()
 	if !strings.Contains(addr, "://") {
 		addr = "tcp://" + addr
@@ -329,7 +335,7 @@ func (w *watcher) dump() string {
 
 // retained returns the retained payload on topic as a fresh subscriber sees
 // it ("" when there is none), waiting up to wait for it to arrive.
-func retained(t *testing.T, addr, topic string, wait time.Duration) string {
+func retained(t testing.TB, addr, topic string, wait time.Duration) string {
 	t.Helper()
 	w := newWatcher(t, addr, topic)
 	deadline := time.After(wait)
