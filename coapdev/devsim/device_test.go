@@ -3,9 +3,11 @@ package devsim
 import (
 	"bytes"
 	"context"
+	"crypto/rsa"
 	"encoding/binary"
 	"errors"
 	"math"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/spark2mqtt/spark2mqtt/coapdev/frame"
+	"github.com/spark2mqtt/spark2mqtt/coapdev/handshake"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/keys"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/msg"
 )
@@ -716,5 +719,71 @@ func TestRunEndsWithContext(t *testing.T) {
 	defer cancel()
 	if err := d.WaitConnected(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("WaitConnected after the end: got %v, want DeadlineExceeded", err)
+	}
+}
+
+// TestSetFunctions: the next Describe and calls see the new sets.
+func TestSetFunctions(t *testing.T) {
+	fns, vars := heaterApp()
+	p, d, _, _ := newPeer(t, Config{Firmware: Photon08, DeviceID: testID, Functions: fns, Variables: vars})
+	p.connect(d)
+	d.SetFunctions([]Function{{Name: "reset", Call: func(context.Context, string) int32 { return 42 }}})
+	d.SetVariables([]Variable{{Name: "count", Type: msg.VarInt, Get: func() msg.Value { return msg.Value{Int: 3} }}})
+	p.write(msg.NewDescribe(p.nextID(), p.nextTok(), 2))
+	if got, want := string(p.read().Payload), `{"f":["reset"],"v":{"count":2}}`; got != want {
+		t.Errorf("describe: got %s, want %s", got, want)
+	}
+	p.write(msg.NewFunctionCall(p.nextID(), p.nextTok(), "reset", nil))
+	p.read()
+	if r, _ := msg.DecodeReturn(p.read().Payload); r != 42 {
+		t.Errorf("reset: got %d, want 42", r)
+	}
+	p.write(msg.NewVariableRequest(p.nextID(), p.nextTok(), "temp"))
+	if m := p.read(); m.Code != msg.NotFound {
+		t.Errorf("removed variable: got %v, want 4.04", m.Code)
+	}
+}
+
+// TestHandshakeFailure: a server that cannot sign with the key the device
+// was flashed with is refused.
+func TestHandshakeFailure(t *testing.T) {
+	other, err := GenerateKey() // any key that is not the server's
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{Firmware: Photon08, DeviceID: testID, ServerKey: &serverKey(t).PublicKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, dev := netPipe(t)
+	rn := run(t, d, dev)
+	_ = srv.SetDeadline(time.Now().Add(testTimeout))
+	_, err = handshake.Server(srv, handshake.ServerConfig{
+		Key: serverKey(t),
+		Lookup: func(keys.DeviceID, *rsa.PublicKey) (*rsa.PublicKey, error) {
+			return &other.PublicKey, nil // the session key goes to the wrong device key
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rn.wait(t); !errors.Is(err, ErrHandshake) {
+		t.Fatalf("Run: got %v, want ErrHandshake", err)
+	}
+}
+
+func TestDialRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	d, err := New(Config{Firmware: Core, ServerKey: &serverKey(t).PublicKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Dial(ctxT(t), addr); err == nil {
+		t.Fatal("Dial to a closed port: got nil")
 	}
 }
