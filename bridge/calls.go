@@ -61,69 +61,86 @@ type callRequest struct {
 }
 
 // parseCallRequest decodes a /call payload strictly. The error names the
-// problem for the user.
+// problem for the user. The call is returned even with an error, carrying
+// the transaction when it could be read, so the error result echoes it.
 func (b *Bridge) parseCallRequest(p []byte) (*call, error) {
+	c := &call{ttl: b.cfg.QueueTTL}
 	if len(p) > maxRequest {
-		return nil, fmt.Errorf("larger than %d bytes", maxRequest)
+		return c, fmt.Errorf("larger than %d bytes", maxRequest)
 	}
+	c.tx = peekTransaction(p)
 	var req callRequest
 	dec := json.NewDecoder(bytes.NewReader(p))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		return nil, jsonProblem(err)
+		return c, jsonProblem(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("data after the JSON object")
+		return c, errors.New("data after the JSON object")
 	}
-	c := &call{ttl: b.cfg.QueueTTL}
 	if req.Arg != nil {
 		c.arg = *req.Arg
 	}
-	if len(req.Transaction) > 0 && !bytes.Equal(req.Transaction, []byte("null")) {
-		var tx any
-		if err := json.Unmarshal(req.Transaction, &tx); err != nil {
-			return nil, jsonProblem(err)
-		}
-		switch tx.(type) {
-		case string, float64:
-		default:
-			return nil, errors.New(`"transaction" must be a string or a number`)
-		}
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, req.Transaction); err != nil || buf.Len() > maxTransaction {
-			return nil, fmt.Errorf(`"transaction" is longer than %d bytes`, maxTransaction)
-		}
-		c.tx = buf.Bytes()
+	if len(req.Transaction) > 0 && c.tx == nil && !bytes.Equal(req.Transaction, []byte("null")) {
+		return c, fmt.Errorf(`"transaction" must be a string or a number of at most %d bytes`, maxTransaction)
 	}
 	if len(req.TTL) > 0 && !bytes.Equal(req.TTL, []byte("null")) {
 		ttl, err := b.parseTTL(req.TTL)
 		if err != nil {
-			return nil, err
+			return c, err
 		}
 		c.ttl = ttl
 	}
 	return c, nil
 }
 
+// peekTransaction returns the request's transaction, compacted, when the
+// payload is a JSON object whose "transaction" is a string or a number of
+// at most maxTransaction bytes; else nil.
+func peekTransaction(p []byte) json.RawMessage {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(p, &obj) != nil {
+		return nil
+	}
+	raw, ok := obj["transaction"]
+	if !ok {
+		return nil
+	}
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return nil
+	}
+	switch v.(type) {
+	case string, float64:
+	default:
+		return nil
+	}
+	var buf bytes.Buffer
+	if json.Compact(&buf, raw) != nil || buf.Len() > maxTransaction {
+		return nil
+	}
+	return buf.Bytes()
+}
+
 // parseTTL checks a ttl in whole seconds: 0 (do not hold) up to MaxTTL.
-func (b *Bridge) parseTTL(raw json.RawMessage) (time.Duration, error) {
+func (b *Bridge) parseTTL(raw json.RawMessage) (time.Duration, error) { // raw is not empty
 	maxS := int64(b.cfg.MaxTTL / time.Second)
 	var n json.Number
-	if err := json.Unmarshal(raw, &n); err != nil {
-		return 0, errors.New(`invalid ttl: "ttl" must be a number of seconds`)
+	if raw[0] == '"' || json.Unmarshal(raw, &n) != nil {
+		return 0, errors.New(`"ttl" must be a number of seconds`)
 	}
 	s, err := strconv.ParseInt(n.String(), 10, 64)
 	if err != nil {
 		if f, ferr := strconv.ParseFloat(n.String(), 64); ferr == nil && f < 0 {
-			return 0, errors.New("invalid ttl: negative")
+			return 0, errors.New(`"ttl" is negative`)
 		}
-		return 0, fmt.Errorf("invalid ttl: %s is not a whole number of seconds from 0 to %d", n, maxS)
+		return 0, fmt.Errorf(`"ttl" %s is not a whole number of seconds from 0 to %d`, n, maxS)
 	}
 	switch {
 	case s < 0:
-		return 0, errors.New("invalid ttl: negative")
+		return 0, errors.New(`"ttl" is negative`)
 	case s > maxS:
-		return 0, fmt.Errorf("invalid ttl: %d is over the maximum of %d seconds", s, maxS)
+		return 0, fmt.Errorf(`"ttl" %d is over the maximum of %d seconds`, s, maxS)
 	}
 	return time.Duration(s) * time.Second, nil
 }
@@ -248,7 +265,6 @@ func (b *Bridge) acceptCall(ctx context.Context, in inbound, c *call) {
 	}
 
 	d.pubMu.Lock()
-	defer d.pubMu.Unlock()
 	d.mu.Lock()
 	s := d.sess
 	online := s != nil
@@ -265,9 +281,11 @@ func (b *Bridge) acceptCall(ctx context.Context, in inbound, c *call) {
 	}
 	if refuse != "" {
 		d.mu.Unlock()
+		d.pubMu.Unlock()
 		b.reject(ctx, in, c, refuse)
 		return
 	}
+	defer d.pubMu.Unlock()
 	old := d.calls[c.fn]
 	c.seq = b.seq.Add(1)
 	c.held = !online

@@ -114,12 +114,11 @@ func (b *Bridge) handle(ctx context.Context, r *restorer, in inbound) {
 	case routeCallJSON:
 		b.stats.callsReceived.Add(1)
 		c, err := b.parseCallRequest(in.payload)
+		c.fn = in.name
 		if err != nil {
-			c = &call{fn: in.name}
 			b.reject(ctx, in, c, "invalid request: "+err.Error())
 			return
 		}
-		c.fn = in.name
 		b.acceptCall(ctx, in, c)
 	case routeGet:
 		b.stats.gets.Add(1)

@@ -37,6 +37,9 @@ func (b *Bridge) runWorker(d *dev, s *session) {
 	}
 	synced := b.synced
 	turn := 0
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
 	for b.alive(s) {
 		worked, next := b.step(d, s, &turn)
 		if worked {
@@ -44,9 +47,8 @@ func (b *Bridge) runWorker(d *dev, s *session) {
 		}
 		var timer <-chan time.Time
 		if !next.IsZero() {
-			t := time.NewTimer(max(next.Sub(b.now()), time.Millisecond))
-			timer = t.C
-			defer t.Stop()
+			idle.Reset(max(next.Sub(b.now()), time.Millisecond))
+			timer = idle.C
 		}
 		select {
 		case <-s.wake:
@@ -57,6 +59,7 @@ func (b *Bridge) runWorker(d *dev, s *session) {
 		case <-s.d.Done():
 		case <-b.runCtx.Done():
 		}
+		idle.Stop()
 	}
 	b.workerExit(pubCtx, d, s)
 }
@@ -281,14 +284,13 @@ func (b *Bridge) syncVarsLocked(d *dev, desc msg.Description, now time.Time) {
 			continue
 		}
 		vs := d.vars[name]
-		if vs == nil || vs.typ != typ {
-			vs = &varState{typ: typ}
-			d.vars[name] = vs
+		if vs != nil && vs.typ == typ && (!vs.nextPoll.IsZero() || vs.has) {
+			continue // known: keep its schedule
 		}
+		vs = &varState{typ: typ}
+		d.vars[name] = vs
 		if b.cfg.Devices.Poll(d.id, name, b.cfg.PollInterval) > 0 {
 			vs.nextPoll = now
-		} else {
-			vs.nextPoll = time.Time{}
 		}
 	}
 }
@@ -403,6 +405,7 @@ func (b *Bridge) callError(s *session, err error) (string, bool) {
 // when it changed, is stale or was asked for, and answers the gets that
 // joined the read.
 func (b *Bridge) read(d *dev, s *session, name string, forced bool) {
+	started := b.now() // polls are spaced from start to start
 	ctx, cancel := b.opCtx(s)
 	v, err := s.d.Get(ctx, name)
 	cancel()
@@ -434,7 +437,7 @@ func (b *Bridge) read(d *dev, s *session, name string, forced bool) {
 	}
 	if vs != nil {
 		if poll > 0 {
-			vs.nextPoll = now.Add(poll)
+			vs.nextPoll = started.Add(poll)
 		} else {
 			vs.nextPoll = time.Time{}
 		}
