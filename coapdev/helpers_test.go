@@ -524,3 +524,9 @@ func (ts *testServer) sessionEnd(t testing.TB, s *Session) CloseReason {
 func (ts *testServer) failures(r CloseReason) uint64 {
 	return ts.srv.Stats().HandshakesFailed[r.String()]
 }
+
+// sendQuiet writes one frame and returns the error, for device goroutines.
+func (d *tdev) sendQuiet(b []byte) error {
+	_, err := d.conn.Write(frame.Seal(nil, d.blk, &d.wiv, b))
+	return err
+}

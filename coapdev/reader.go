@@ -15,34 +15,43 @@ import (
 // readLoop reads and routes device frames until an error. Every read has
 // the idle deadline, refreshed by every frame (spark-protocol.md §5).
 func (s *Session) readLoop() error {
-	idle := s.srv.cfg.IdleTimeout
 	for {
-		if err := s.conn.SetReadDeadline(time.Now().Add(idle)); err != nil {
+		if err := s.conn.SetReadDeadline(time.Now().Add(s.srv.cfg.IdleTimeout)); err != nil {
 			return fmt.Errorf("read: %w", err)
 		}
-		p, err := s.fr.ReadFrame()
+		p, err := s.fr.next()
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return fmt.Errorf("%w: %w", errIdle, err)
-			}
-			return err
+			return readErr(err)
 		}
-		s.lastRx.Store(time.Now().UnixNano())
-		if len(p) == 1 {
-			// The Photon keep-alive 0x00 is not CoAP (§4.4 "Ping"); it
-			// only refreshes the deadline.
-			continue
-		}
-		m, err := msg.Decode(p)
-		if err != nil {
-			// §7.1: never act on what does not validate; without a MAC,
-			// garbage means tampering or a lost IV chain.
-			return err
-		}
-		if err := s.route(m); err != nil {
+		if err := s.handleFrame(p); err != nil {
 			return err
 		}
 	}
+}
+
+// readErr marks a read timeout as the idle timeout.
+func readErr(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: %w", errIdle, err)
+	}
+	return err
+}
+
+// handleFrame decodes and routes one frame's plaintext.
+func (s *Session) handleFrame(p []byte) error {
+	s.lastRx.Store(time.Now().UnixNano())
+	if len(p) == 1 {
+		// The Photon keep-alive 0x00 is not CoAP (§4.4 "Ping"); it only
+		// refreshes the deadline.
+		return nil
+	}
+	m, err := msg.Decode(p)
+	if err != nil {
+		// §7.1: never act on what does not validate; without a MAC,
+		// garbage means tampering or a lost IV chain.
+		return err
+	}
+	return s.route(m)
 }
 
 // route handles one device message (spark-protocol.md §4.3). m aliases the

@@ -304,7 +304,7 @@ func (s *Session) Describe(ctx context.Context) (msg.Description, error) {
 			s.mu.Unlock()
 			return msg.Description{}, fmt.Errorf("coapdev: describe: %w", err)
 		}
-		ch := s.descCh
+		ch := s.descWaitLocked()
 		s.mu.Unlock()
 		if settled {
 			retried = true
@@ -371,6 +371,7 @@ func (s *Session) requestDescribe(app bool) uint64 {
 	}
 	if app && s.appTimer != nil {
 		s.appTimer.Stop()
+		s.appTimer = nil
 	}
 	s.descWant++
 	seq := s.descWant
@@ -386,12 +387,20 @@ func (s *Session) requestDescribe(app bool) uint64 {
 	return seq
 }
 
+// descWaitLocked returns a channel closed when descDone next changes.
+func (s *Session) descWaitLocked() <-chan struct{} {
+	if s.descCh == nil {
+		s.descCh = make(chan struct{})
+	}
+	return s.descCh
+}
+
 // waitDescribed waits until a Describe covering seq has completed (with or
 // without success).
 func (s *Session) waitDescribed(ctx context.Context, seq uint64) error {
 	for {
 		s.mu.Lock()
-		done, ch := s.descDone >= seq, s.descCh
+		done, ch := s.descDone >= seq, s.descWaitLocked()
 		s.mu.Unlock()
 		if done {
 			return nil
@@ -461,8 +470,10 @@ func (s *Session) describeDone(target uint64, r result) {
 	}
 	s.descDone = max(s.descDone, target)
 	s.descErr = err
-	close(s.descCh)
-	s.descCh = make(chan struct{})
+	if s.descCh != nil {
+		close(s.descCh)
+		s.descCh = nil
+	}
 	again := s.descWant > target && s.ctx.Err() == nil
 	s.descInFlight = again
 	s.mu.Unlock()

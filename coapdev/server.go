@@ -89,7 +89,7 @@ func (srv *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		conns.Go(func() { srv.serveConn(ctx, conn) })
+		conns.Go(func() { srv.serveConn(ctx, conn, &conns) })
 	}
 	cancel()
 	ln.Close()
@@ -123,10 +123,8 @@ func (srv *Server) Stats() Stats { return srv.stats.snapshot() }
 // the session. Nothing large is allocated before the handshake succeeds:
 // a peer that never sends a byte costs this goroutine and a few hundred
 // bytes until the deadline.
-func (srv *Server) serveConn(ctx context.Context, conn net.Conn) {
+func (srv *Server) serveConn(ctx context.Context, conn net.Conn, conns *sync.WaitGroup) {
 	srv.stats.connections.Add(1)
-	defer srv.stats.connections.Add(-1)
-	defer conn.Close()
 	log := srv.cfg.Logger.With("remote", conn.RemoteAddr().String())
 
 	srv.stats.handshaking.Add(1)
@@ -138,10 +136,19 @@ func (srv *Server) serveConn(ctx context.Context, conn net.Conn) {
 			reason = Shutdown
 		}
 		srv.handshakeFailed(log, reason, err)
+		conn.Close()
+		srv.stats.connections.Add(-1)
 		return
 	}
 	s := newSession(srv, conn, hs, log)
-	s.run(ctx)
+	// The session runs in a new goroutine: the RSA work grew this one's
+	// stack, and an idle session should keep only the small stack its
+	// read loop needs (issue 2: memory per idle session).
+	conns.Go(func() {
+		defer srv.stats.connections.Add(-1)
+		defer conn.Close()
+		s.run(ctx)
+	})
 }
 
 // handshake runs the RSA handshake (spark-protocol.md §2) with the

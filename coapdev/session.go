@@ -1,7 +1,6 @@
 package coapdev
 
 import (
-	"bufio"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -64,13 +63,10 @@ func limitsFor(k handshake.Kind) Limits {
 // Sizes of a session's buffers and queues, kept small: an idle session
 // should cost a few KiB (issue 2 benchmark goal: ≤ 16 KiB).
 const (
-	// readBufSize is the bufio.Reader under the frame reader: one read
-	// syscall brings most frames (events are < 100 bytes).
-	readBufSize = 512
 	// outQueue bounds the plaintexts waiting for the write loop. Full:
 	// requests block on their ctx; the read loop blocks until the write
 	// deadline ends the session (SlowPeer).
-	outQueue = 16
+	outQueue = 8
 	// maxBatch bounds the bytes the write loop gathers into one Write.
 	maxBatch = 4096
 	// keepWriteBuf: the write loop keeps its buffer only up to this size.
@@ -115,7 +111,7 @@ type Session struct {
 	start time.Time // when the session started, for the end log
 
 	// Owned by the read loop.
-	fr          *frame.Reader
+	fr          *frameIn
 	recv        uint16 // id of the last accepted device CON/NON (spark-protocol.md §4.2)
 	lastReplyID uint16 // id of the last device CON we answered
 	lastReply   []byte // that answer, re-sent for a duplicate (§7.10)
@@ -153,11 +149,14 @@ type describeState struct {
 	hasDesc      bool
 	descApp      bool   // desc was taken after the application started
 	appSeq       uint64 // sequence of the application Describe; 0 before the trigger
-	// descCh is closed and replaced whenever descDone changes.
+	// descCh, made by the first waiter (descWaitLocked), is closed and
+	// cleared whenever descDone changes.
 	descCh chan struct{}
 }
 
 func newSession(srv *Server, conn net.Conn, hs *handshake.Session, log *slog.Logger) *Session {
+	// Not derived from the Serve context: a child context with an
+	// AfterFunc costs a map per session; run watches the parent instead.
 	ctx, cancel := context.WithCancel(context.Background())
 	block, err := aes.NewCipher(hs.Key[:])
 	if err != nil {
@@ -180,11 +179,10 @@ func newSession(srv *Server, conn net.Conn, hs *handshake.Session, log *slog.Log
 		done:   make(chan struct{}),
 		out:    make(chan []byte, outQueue),
 		log:    log,
-		fr:     frame.NewReader(bufio.NewReaderSize(conn, readBufSize), hs.Key[:], hs.IV[:], max),
+		fr:     newFrameIn(conn, block, hs.IV, max),
 		block:  block,
 		wiv:    hs.IV,
 	}
-	s.descCh = make(chan struct{})
 	s.dlv.ended = make(chan struct{})
 	s.nextID = srv.newMsgID()
 	return s
@@ -221,10 +219,12 @@ func (s *Session) Err() error {
 func (s *Session) Close() { s.fail(Closed, nil) }
 
 // fail records why the session ends (the first reason wins) and starts the
-// end: the context is cancelled, which closes the conn.
+// end: the context is cancelled and the conn closed, which unblocks the
+// read loop and the write loop.
 func (s *Session) fail(reason CloseReason, err error) {
 	s.endErr.CompareAndSwap(nil, &SessionError{Reason: reason, Err: err})
 	s.cancel()
+	s.conn.Close()
 }
 
 // closedErr is the error of requests on an ended session.
@@ -248,14 +248,23 @@ func (s *Session) newID() uint16 {
 // then the end (STYLE.md §3.2). The handshake deadline is still set on the
 // conn and bounds the device Hello.
 func (s *Session) run(parent context.Context) {
-	defer s.cancel()
-	// The conn closes when the session ends, however it ends: that
-	// unblocks the read loop and the write loop.
-	stop := context.AfterFunc(s.ctx, func() { s.conn.Close() })
+	stop := context.AfterFunc(parent, func() { s.fail(Shutdown, nil) })
 	defer stop()
-	stopParent := context.AfterFunc(parent, func() { s.fail(Shutdown, nil) })
-	defer stopParent()
+	defer s.fail(PeerClosed, nil) // closes the conn if nothing else did
+	if !s.begin() {
+		return
+	}
+	var g errgroup.Group
+	g.Go(s.writeLoop)
+	s.armTimers()
+	// This goroutine's stack while it waits in the read loop is what an
+	// idle session costs: run, readLoop and frameIn keep small frames.
+	s.finish(s.readLoop(), &g)
+}
 
+// begin reads the Hello, registers and starts the session. It reports
+// false for a connection that ended before (a handshake failure).
+func (s *Session) begin() bool {
 	err := s.hello()
 	s.srv.stats.handshaking.Add(-1)
 	if err != nil {
@@ -267,7 +276,7 @@ func (s *Session) run(parent context.Context) {
 		e := s.endErr.Load()
 		s.srv.handshakeFailed(s.log, e.Reason, err)
 		close(s.done)
-		return
+		return false
 	}
 	s.start = time.Now()
 	s.srv.stats.handshakesOK.Add(1)
@@ -281,9 +290,12 @@ func (s *Session) run(parent context.Context) {
 	s.log.Info("session started", "kind", s.kind.String(),
 		"product", s.info.Hello.ProductID, "version", s.info.Hello.ProductVersion,
 		"platform", s.info.Hello.PlatformID, "flags", s.info.Hello.Flags)
+	return true
+}
 
-	var g errgroup.Group
-	g.Go(s.writeLoop)
+// armTimers starts the application-Describe and idle-ping timers and
+// sends the first Describe.
+func (s *Session) armTimers() {
 	s.mu.Lock()
 	s.appTimer = time.AfterFunc(s.srv.cfg.AppDescribeDelay, func() { s.requestDescribe(true) })
 	if d := s.srv.cfg.PingInterval; d > 0 {
@@ -293,8 +305,10 @@ func (s *Session) run(parent context.Context) {
 	// spark-protocol.md §2.4: describe at once; the answer is usually
 	// empty, the application Describe follows.
 	s.requestDescribe(false)
+}
 
-	err = s.readLoop()
+// finish ends the session after the read loop returned err.
+func (s *Session) finish(err error, g *errgroup.Group) {
 	if errors.Is(err, io.EOF) {
 		err = nil // a clean close between frames
 	}
@@ -307,7 +321,9 @@ func (s *Session) run(parent context.Context) {
 // unregisters the session, queues SessionEnded and logs the end.
 func (s *Session) end() {
 	s.mu.Lock()
-	s.appTimer.Stop()
+	if s.appTimer != nil {
+		s.appTimer.Stop()
+	}
 	if s.pingTimer != nil {
 		s.pingTimer.Stop()
 	}
@@ -335,7 +351,7 @@ func (s *Session) end() {
 // Later frames stay unread until the session runs, so data that came early
 // is processed after our Hello.
 func (s *Session) hello() error {
-	p, err := s.fr.ReadFrame()
+	p, err := s.fr.next()
 	if err != nil {
 		return fmt.Errorf("read hello: %w", err)
 	}
