@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rsa"
 	"errors"
 	"flag"
 	"fmt"
@@ -106,7 +107,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	srv, err := coapdev.NewServer(coapdev.Config{
-		Keys:             store.Lookup,
+		Keys:             lookupWithHint(store),
 		ServerKey:        priv,
 		Handler:          br.Handler(),
 		Logger:           log,
@@ -151,6 +152,25 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// lookupWithHint is store.Lookup whose refusals say how to register the
+// device; the device server logs them in its "device refused" line.
+func lookupWithHint(store *keys.Store) coapdev.KeyLookup {
+	return func(id keys.DeviceID, offered *rsa.PublicKey) (*rsa.PublicKey, error) {
+		pub, err := store.Lookup(id, offered)
+		switch {
+		case err == nil:
+			return pub, nil
+		case errors.Is(err, keys.ErrUnknownDevice) && offered != nil && store.Mode() == keys.Strict:
+			return nil, fmt.Errorf("%w; its offered key was saved: trust it with `spark2mqtt keys accept %s`", err, id)
+		case errors.Is(err, keys.ErrUnknownDevice):
+			return nil, fmt.Errorf("%w; register it with `spark2mqtt keys add %s KEYFILE`", err, id)
+		case errors.Is(err, keys.ErrKeyMismatch):
+			return nil, fmt.Errorf("%w; if the device really has a new key: `spark2mqtt keys remove %s`, then add the new one", err, id)
+		}
+		return nil, err
+	}
 }
 
 // known reports whether the key store has a key for the device id, so the

@@ -35,7 +35,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	heater := fs.Bool("heater", false, "run the water heater: function heater (on/off), variables temp and state, event temperature")
 	interval := fs.Duration("interval", 10*time.Second, "heater: period of the temperature event")
 	count := fs.Int("count", 1, "number of simulated devices")
-	idFlag := fs.String("id", "", "device id (24 hex digits); with --count, the first id (the others count up); default 5350 4b20 5349 4d00 0000 0001")
+	idFlag := fs.String("id", "", "device id (24 hex digits); with --count, the first id (the others count up); default f1ee70000000000000000000")
 	firmware := fs.String("firmware", "core", "core, photon07 (Photon 0.4-0.7) or photon08 (Photon 0.8+)")
 	keyFile := fs.String("key", "", "the devices' RSA-1024 private key (PEM), created if missing; default: <data>/simulator_key.pem")
 	concurrency := fs.Int("concurrency", devsim.DefaultFleetConcurrency, "with --count: handshakes in flight at once")
