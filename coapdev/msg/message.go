@@ -85,6 +85,20 @@ func Decode(b []byte) (Message, error) {
 		cm = message.Message{Options: make(message.Options, 0, maxOptions)}
 		_, err = coder.DefaultCoder.Decode(b, &cm)
 	}
+	if err != nil && len(b) > 4 && b[len(b)-1] == 0xFF {
+		// The firmware writes the payload marker even when no payload
+		// follows (an empty string variable, an event with empty data:
+		// device-os messages.cpp). RFC 7252 calls that a format error; we
+		// accept it as "no payload". 0xFF cannot be an option header, so
+		// a message that decodes without its last byte had the marker
+		// there.
+		cm = message.Message{Options: arr[:0]}
+		_, err = coder.DefaultCoder.Decode(b[:len(b)-1], &cm)
+		if errors.Is(err, message.ErrOptionsTooSmall) {
+			cm = message.Message{Options: make(message.Options, 0, maxOptions)}
+			_, err = coder.DefaultCoder.Decode(b[:len(b)-1], &cm)
+		}
+	}
 	if err != nil {
 		return Message{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -41,8 +42,6 @@ func TestDecodeMalformed(t *testing.T) {
 		{name: "truncated option length ext", hex: "41011234 01 bd"},
 		{name: "truncated option delta ext", hex: "41011234 01 d1"},
 		{name: "truncated 2-byte ext", hex: "41011234 01 be 00"},
-		{name: "payload marker, no payload", hex: "61451234 01 ff"},
-		{name: "payload marker after options, no payload", hex: "41011234 01 b164 ff"},
 		{name: "option delta 15", hex: "41011234 01 f1 61"},
 		{name: "option length 15", hex: "41011234 01 bf 61"},
 		{name: "unsupported critical option (Uri-Host)", hex: "41011234 01 3161"},
@@ -61,6 +60,31 @@ func TestDecodeMalformed(t *testing.T) {
 			m, err := Decode(b)
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("got %+v, %v; want ErrMalformed", m, err)
+			}
+		})
+	}
+}
+
+// TestDecodeBareMarker: the firmware writes the payload marker with no
+// payload after it (an empty string variable, an event with empty data);
+// such a message decodes as one without a payload.
+func TestDecodeBareMarker(t *testing.T) {
+	tests := []struct {
+		name, hex string
+		kind      Kind
+		path      []string
+	}{
+		{"empty string variable (piggybacked 2.05)", "61451234 01 ff", KindResponse, nil},
+		{"event with empty data", "50021234 b165 04 74656d70 ff", KindEvent, []string{"e", "temp"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := Decode(unhex(t, tc.hex))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m.Payload) != 0 || m.Kind() != tc.kind || !slices.Equal(m.Path, tc.path) {
+				t.Fatalf("got %+v (kind %v), want kind %v, path %q, no payload", m, m.Kind(), tc.kind, tc.path)
 			}
 		})
 	}
