@@ -48,6 +48,7 @@ func BenchmarkRSAOps(b *testing.B) {
 	mac := sessionMAC(k.material, c)
 	b.Run("decrypt2048", func(b *testing.B) {
 		b.ReportAllocs()
+		defer reportCPU(b)()
 		for b.Loop() {
 			if _, err := decryptPKCS1v15(k.priv, block); err != nil {
 				b.Fatal(err)
@@ -56,6 +57,7 @@ func BenchmarkRSAOps(b *testing.B) {
 	})
 	b.Run("sign2048", func(b *testing.B) {
 		b.ReportAllocs()
+		defer reportCPU(b)()
 		for b.Loop() {
 			if _, err := rsa.SignPKCS1v15(nil, k.priv, 0, mac); err != nil {
 				b.Fatal(err)
@@ -64,6 +66,7 @@ func BenchmarkRSAOps(b *testing.B) {
 	})
 	b.Run("encrypt1024", func(b *testing.B) {
 		b.ReportAllocs()
+		defer reportCPU(b)()
 		for b.Loop() {
 			if _, err := encryptPKCS1v15(nil, &k.dev.PublicKey, k.material); err != nil {
 				b.Fatal(err)
@@ -72,6 +75,7 @@ func BenchmarkRSAOps(b *testing.B) {
 	})
 	b.Run("all3", func(b *testing.B) {
 		b.ReportAllocs()
+		defer reportCPU(b)()
 		for b.Loop() {
 			if _, err := decryptPKCS1v15(k.priv, block); err != nil {
 				b.Fatal(err)
@@ -154,6 +158,7 @@ func BenchmarkServerHandshake(b *testing.B) {
 			conn, cfg, stop := newBenchServer(b, k, kind)
 			defer stop()
 			b.ReportAllocs()
+			defer reportCPU(b)()
 			for b.Loop() {
 				if _, err := Server(conn, cfg); err != nil {
 					b.Fatal(err)
@@ -175,6 +180,7 @@ func BenchmarkServerHandshakeParallel(b *testing.B) {
 		}
 	}()
 	b.ReportAllocs()
+	cpu := reportCPU(b)
 	b.RunParallel(func(pb *testing.PB) {
 		mu.Lock()
 		conn, cfg, stop := newBenchServer(b, k, Photon)
@@ -188,4 +194,16 @@ func BenchmarkServerHandshakeParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handshakes/s")
+	cpu()
+}
+
+// reportCPU starts measuring process CPU time; the func it returns reports
+// it per op as cpu-ns/op. Call it after setup, and the func after the loop.
+func reportCPU(b *testing.B) func() {
+	start := processCPU()
+	return func() {
+		if b.N > 0 {
+			b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op")
+		}
+	}
 }

@@ -82,9 +82,9 @@ func mustID(t testing.TB, s string) DeviceID {
 	return id
 }
 
-// withModulus returns a copy of pub with a different modulus or exponent,
-// for shape checks (no private key needed).
-func withModulus(pub *rsa.PublicKey, n *big.Int, e int) *rsa.PublicKey {
+// newPub returns a public key with modulus n and exponent e, for shape
+// checks (no private key needed).
+func newPub(n *big.Int, e int) *rsa.PublicKey {
 	return &rsa.PublicKey{N: n, E: e}
 }
 

@@ -46,9 +46,9 @@ func TestParsePublicKey(t *testing.T) {
 
 	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ecDER, _ := x509.MarshalPKIXPublicKey(&ec.PublicKey)
-	e3, _ := x509.MarshalPKIXPublicKey(withModulus(dev, dev.N, 3))
-	small, _ := x509.MarshalPKIXPublicKey(withModulus(dev, new(big.Int).Rsh(dev.N, 600), 65537))
-	huge, _ := x509.MarshalPKIXPublicKey(withModulus(dev, new(big.Int).Lsh(dev.N, 4000), 65537))
+	e3, _ := x509.MarshalPKIXPublicKey(newPub(dev.N, 3))
+	small, _ := x509.MarshalPKIXPublicKey(newPub(new(big.Int).Rsh(dev.N, 600), 65537))
+	huge, _ := x509.MarshalPKIXPublicKey(newPub(new(big.Int).Lsh(dev.N, 4000), 65537))
 	bad := []struct {
 		name string
 		in   []byte

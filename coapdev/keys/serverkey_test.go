@@ -215,7 +215,7 @@ func TestPublicDER(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := PublicDER(withModulus(&key.PublicKey, tt.n, tt.e)); !errors.Is(err, ErrBadKey) {
+			if _, err := PublicDER(newPub(tt.n, tt.e)); !errors.Is(err, ErrBadKey) {
 				t.Errorf("got %v, want ErrBadKey", err)
 			}
 		})
@@ -238,7 +238,7 @@ func TestDevicePublicDER(t *testing.T) {
 	if _, err := DevicePublicDER(&serverKey(t, v).PublicKey); !errors.Is(err, ErrBadKey) {
 		t.Errorf("2048-bit key: got %v, want ErrBadKey", err)
 	}
-	if _, err := DevicePublicDER(withModulus(&dev.PublicKey, new(big.Int).Rsh(dev.N, 1), 65537)); !errors.Is(err, ErrBadKey) {
+	if _, err := DevicePublicDER(newPub(new(big.Int).Rsh(dev.N, 1), 65537)); !errors.Is(err, ErrBadKey) {
 		t.Errorf("1023-bit key: got %v, want ErrBadKey", err)
 	}
 }

@@ -397,3 +397,50 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	}
 }
+
+// TestStoreConcurrentReplace: readers racing a writer that keeps replacing
+// the key always see one whole key, never a partial file.
+func TestStoreConcurrentReplace(t *testing.T) {
+	fx := newStoreFixture(t)
+	s := openStore(t, fx.dir, Strict)
+	if err := s.Add(fx.id, fx.key); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var writer, readers sync.WaitGroup
+	writer.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := fx.key
+			if i%2 == 1 {
+				k = fx.other
+			}
+			if err := s.Add(fx.id, k); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	for range 2 {
+		readers.Go(func() {
+			for range 300 {
+				got, err := s.Lookup(fx.id, nil)
+				if err != nil || !(got.Equal(fx.key) || got.Equal(fx.other)) {
+					t.Errorf("got %v, want one of the two keys", err)
+					return
+				}
+			}
+		})
+	}
+	readers.Wait()
+	close(stop)
+	writer.Wait()
+	des, err := os.ReadDir(fx.dir)
+	if err != nil || len(des) != 1 {
+		t.Errorf("got %d files after the race (%v), want 1 (temp files left?)", len(des), err)
+	}
+}
