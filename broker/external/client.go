@@ -31,9 +31,14 @@ type Client struct {
 	closeOnce sync.Once
 
 	// wg counts every goroutine the client starts: the connection loop,
-	// the drainer, the OnConnect loop and one delivery goroutine per
-	// subscription. Close waits for it.
+	// the drainer, the OnConnect loop, one delivery goroutine per
+	// subscription and Close's waiter. Close waits for it.
 	wg sync.WaitGroup
+
+	// inflight counts QoS ≥ 1 publishes sent directly and not yet
+	// acknowledged. Added to under mu while not closed, so Close can wait
+	// for it to drain before it disconnects.
+	inflight sync.WaitGroup
 
 	// view is the router's copy-on-write snapshot of the subscriptions,
 	// read without locks on paho's goroutine. Written under mu.
@@ -281,14 +286,17 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 		c.wake()
 		return err
 	}
+	c.inflight.Add(1) // under mu with closed false: Close waits for it
 	c.mu.Unlock()
 
 	tok := pc.Publish(e.topic, e.qos, e.retain, e.payload)
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
+		c.inflight.Done()
 		return fmt.Errorf("external: publish %q: %w", m.Topic, ctx.Err())
 	}
+	c.inflight.Done()
 	if tok.Error() == nil {
 		return nil
 	}
@@ -529,10 +537,25 @@ func (c *Client) Close(ctx context.Context) error {
 		close(c.closing)
 		ready, idle, down := c.ready, c.idleCh, c.downCh
 		c.mu.Unlock()
-		if ready && idle != nil {
-			// Messages were promised delivery: give them until ctx.
+		if ready {
+			// Let publishes in flight be acknowledged and send what was
+			// promised from the buffer, while the connection lasts and
+			// until ctx.
+			quiet := make(chan struct{})
+			c.wg.Add(1)
+			go func() { // ends when the in-flight publishes have (at the latest when cancel below drops the connection)
+				defer c.wg.Done()
+				c.inflight.Wait()
+				if idle != nil {
+					select {
+					case <-idle:
+					case <-down:
+					}
+				}
+				close(quiet)
+			}()
 			select {
-			case <-idle:
+			case <-quiet:
 			case <-down:
 			case <-ctx.Done():
 			}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -203,6 +204,9 @@ func ParseURL(raw string) (*url.URL, error) {
 	if host == "" {
 		return bad("no host")
 	}
+	if !validHost(host) {
+		return bad("bad host %q", host)
+	}
 	port := u.Port()
 	if port == "" {
 		if strings.HasSuffix(u.Host, ":") {
@@ -226,6 +230,21 @@ func ParseURL(raw string) (*url.URL, error) {
 		return bad("a fragment (#...) is not allowed")
 	}
 	return out, nil
+}
+
+// validHost accepts an IP address (IPv6 with a zone too) or a host name of
+// letters, digits, '-', '_' and '.'.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	for _, r := range h {
+		ok := r == '-' || r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // settings is what New derives from a Config once.

@@ -184,7 +184,8 @@ func (c *Client) connect(ctx context.Context) (paho.Client, chan error, bool, er
 		if ct != nil {
 			rc = ct.ReturnCode()
 		}
-		return nil, nil, false, fmt.Errorf("external: connect %s: %w", c.st.addr, classify(dialErr, rc, err))
+		secure := c.st.tls != nil
+		return nil, nil, false, fmt.Errorf("external: connect %s: %w", c.st.addr, classify(dialErr, secure, rc, err))
 	}
 	session := false
 	if ct, ok := tok.(*paho.ConnectToken); ok {

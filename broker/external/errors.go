@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 )
 
 // Configuration errors, returned by ParseURL and New.
@@ -99,13 +100,22 @@ func connackError(rc byte) error {
 
 // classify turns the outcome of one paho connect into one of our connection
 // errors. dialErr is what our dialer returned (it already names
-// ErrUnreachable or ErrTLS), rc the CONNACK code, err paho's error.
-func classify(dialErr error, rc byte, err error) error {
-	if dialErr != nil {
+// ErrUnreachable or ErrTLS), secure whether the transport is TLS, rc the
+// CONNACK code, err paho's error.
+func classify(dialErr error, secure bool, rc byte, err error) error {
+	switch {
+	case dialErr != nil:
 		return dialErr
-	}
-	if rc >= 1 && rc <= 5 {
+	case rc >= 1 && rc <= 5:
 		return connackError(rc)
+	case isTLSError(err):
+		return fmt.Errorf("%w: %w", ErrTLS, err)
+	case secure:
+		// With TLS 1.3 the broker checks our certificate after our side
+		// of the handshake is done: a missing or refused client
+		// certificate shows up as an alert or a reset while we send
+		// CONNECT or wait for CONNACK.
+		return fmt.Errorf("%w: the broker ended the TLS session before CONNACK (a client certificate missing or refused?): %w", ErrTLS, err)
 	}
 	return fmt.Errorf("%w: %w", ErrHandshake, err)
 }
@@ -122,7 +132,11 @@ func isTLSError(err error) bool {
 		record    tls.RecordHeaderError
 		rootsErr  x509.SystemRootsError
 		constrain x509.ConstraintViolationError
+		op        *net.OpError
 	)
+	if errors.As(err, &op) && op.Op == "remote error" {
+		return true // an alert from the peer, e.g. "tls: certificate required"
+	}
 	return errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid) ||
 		errors.As(err, &verify) || errors.As(err, &alert) || errors.As(err, &record) ||
 		errors.As(err, &rootsErr) || errors.As(err, &constrain)

@@ -104,11 +104,27 @@ func testConfig(t testing.TB, url string) (Config, *logBuf) {
 // dial connects a Client and closes it at cleanup.
 func dial(t testing.TB, cfg Config) *Client {
 	t.Helper()
-	c, err := Connect(ctxT(t), cfg)
+	return dialWith(t, cfg, nil)
+}
+
+// dialWith is dial with a hook that sees the Client between New and Start
+// (for an OnConnect that needs it).
+func dialWith(t testing.TB, cfg Config, before func(*Client)) *Client {
+	t.Helper()
+	c, err := New(cfg)
 	if err != nil {
-		t.Fatalf("Connect(%s): %v", cfg.URL, err)
+		t.Fatalf("New(%s): %v", cfg.URL, err)
 	}
 	t.Cleanup(func() { closeT(t, c) })
+	if before != nil {
+		before(c)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitReady(ctxT(t)); err != nil {
+		t.Fatalf("WaitReady(%s): %v", cfg.URL, err)
+	}
 	return c
 }
 
