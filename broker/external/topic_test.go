@@ -180,8 +180,8 @@ func TestPacketSize(t *testing.T) {
 		{"a", 0, 0},
 		{"a", 0, 1},
 		{"spark/bridge/state", 7, 1},
-		{"t", 121, 0},  // remaining length 124: one byte
-		{"t", 125, 0},  // 128: two bytes
+		{"t", 121, 0},   // remaining length 124: one byte
+		{"t", 125, 0},   // 128: two bytes
 		{"t", 16380, 1}, // around the two/three byte boundary
 		{"t", 16381, 1},
 		{"t", 2097148, 0}, // three/four bytes
