@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 
 	"github.com/spark2mqtt/spark2mqtt/coapdev/frame"
 )
@@ -23,7 +22,7 @@ import (
 // goroutine's stack shrinks to a few KiB while idle.
 type frameIn struct {
 	// Owned by the read loop.
-	conn  net.Conn
+	conn  io.Reader // the net.Conn; deadlines are the read loop's
 	block cipher.Block
 	iv    [frame.BlockSize]byte
 	max   int
@@ -35,7 +34,7 @@ type frameIn struct {
 // frames (events, ACKs, pings) are under 100 bytes.
 const inBuf = 256
 
-func newFrameIn(conn net.Conn, block cipher.Block, iv [frame.BlockSize]byte, max int) *frameIn {
+func newFrameIn(conn io.Reader, block cipher.Block, iv [frame.BlockSize]byte, max int) *frameIn {
 	return &frameIn{conn: conn, block: block, iv: iv, max: max}
 }
 

@@ -787,3 +787,64 @@ func TestEarlyData(t *testing.T) {
 	d.answerDescribe(`{"f":[],"v":{}}`)
 	d.answerDescribe(heaterJSON)
 }
+
+// TestMiscDeviceMessages: the Photon keep-alive byte is ignored, a reset
+// fails the request it answers, a refused Subscribe (the firehose) gets an
+// empty ACK and is not recorded, a second Hello is answered like any
+// unknown request.
+func TestMiscDeviceMessages(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, nil)
+	d := dialDevice(t, ts, testID(1), handshake.Photon)
+	s := d.start(ts, heaterJSON)
+
+	d.sendPlain([]byte{0}) // keep-alive: not CoAP, no answer, no counter
+	g := async(func() (msg.Value, error) { return s.Get(ctx, "state") })
+	m := d.expect(msg.KindVariableRequest)
+	d.send(msg.Message{Type: msg.Reset, Code: msg.Empty, ID: m.ID})
+	if r := recv(t, g, "get"); !errors.Is(r.err, ErrReset) {
+		t.Fatalf("Get answered by RST = %v, want ErrReset", r.err)
+	}
+
+	d.send(msg.Message{Type: msg.Confirmable, Code: msg.GET, ID: d.next(), Path: []string{"e"}}) // firehose
+	if a := d.expect(msg.KindEmptyAck); a.ID != d.id {
+		t.Fatalf("ack %+v", a)
+	}
+	if subs := s.Subscriptions(); len(subs) != 1 || ts.srv.Stats().RefusedSubscriptions != 1 {
+		t.Fatalf("subscriptions %+v", subs)
+	}
+	d.subscribe("app/") // again: recorded once
+	if len(s.Subscriptions()) != 1 {
+		t.Fatal("duplicate subscription recorded")
+	}
+
+	d.send(msg.NewHello(d.next(), nil, make([]byte, 8)))
+	d.send(msg.NewPing(d.next()))
+	if a := d.expect(msg.KindEmptyAck); a.ID != d.id {
+		t.Fatalf("got %+v, want the ping ack", a)
+	}
+	if s.Err() != nil {
+		t.Fatal(s.Err())
+	}
+}
+
+// TestHugeDescribe: a Describe answer cannot be larger than the frames a
+// device may send (1024 bytes of ciphertext for a Photon, whose buffer is
+// 800); a larger frame ends the session (TooLarge) before any JSON parsing.
+// JSON that fits but does not parse keeps the session (TestDescribeBad).
+func TestHugeDescribe(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, nil)
+	d := dialDevice(t, ts, testID(1), handshake.Photon)
+	s := d.start(ts, heaterJSON)
+	c := async(func() (int32, error) { return s.Call(ctx, "missing", "") })
+	m := d.expect(msg.KindDescribe)
+	huge := `{"f":["` + strings.Repeat("x", 1100) + `"],"v":{}}`
+	d.send(msg.NewAck(m.ID, m.Token, msg.Content, []byte(huge)))
+	if r := recv(t, c, "call"); !errors.Is(r.err, ErrClosed) {
+		t.Fatalf("Call = %v, want ErrClosed", r.err)
+	}
+	if r := ts.sessionEnd(t, s); r != TooLarge {
+		t.Fatalf("reason %v", r)
+	}
+}
