@@ -147,6 +147,7 @@ type harness struct {
 	stopServer  func()
 	stopRun     func()
 	bridgeFirst bool
+	wrap        func(*Bridge) coapdev.Handler // optional: the server's handler around the bridge
 }
 
 // newHarness starts a broker. Call startBridge to start a bridge and
@@ -210,9 +211,13 @@ func (h *harness) startBridgeWith(beforeRun func()) *Bridge {
 	if err != nil {
 		t.Fatal(err)
 	}
+	handler := br.Handler()
+	if h.wrap != nil {
+		handler = h.wrap(br)
+	}
 	srv, err := coapdev.NewServer(coapdev.Config{
-		Keys: h.keys.lookup, ServerKey: key, Handler: br.Handler(), Logger: testLogger(t),
-		AppDescribeDelay: 100 * time.Millisecond,
+		Keys: h.keys.lookup, ServerKey: key, Handler: handler, Logger: testLogger(t),
+		AppDescribeDelay: 100 * time.Millisecond, Now: cfg.Now,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -615,3 +620,13 @@ func fn(name string, f func(ctx context.Context, arg string) int32) devsim.Funct
 func intVar(name string, f func() int32) devsim.Variable {
 	return devsim.Variable{Name: name, Type: msg.VarInt, Get: func() msg.Value { return msg.Value{Type: msg.VarInt, Int: f()} }}
 }
+
+// nopClient is a broker.Client that does nothing, for unit tests of pure
+// functions that need a Bridge.
+type nopClient struct{}
+
+func (nopClient) Publish(context.Context, broker.Message) error { return nil }
+func (nopClient) Subscribe(context.Context, string, byte, broker.Handler) (func(context.Context) error, error) {
+	return func(context.Context) error { return nil }, nil
+}
+func (nopClient) Close(context.Context) error { return nil }

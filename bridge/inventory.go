@@ -72,7 +72,7 @@ func (b *Bridge) inventory() []InventoryDevice {
 			}
 		}
 		if d.desc != nil {
-			e.Functions = slices.Sorted(slices.Values(d.desc.Functions))
+			e.Functions = append([]string{}, slices.Sorted(slices.Values(d.desc.Functions))...)
 			e.Variables = map[string]string{}
 			for n, t := range d.desc.Variables {
 				e.Variables[n] = t.String()
