@@ -1,0 +1,31 @@
+// Package embedded runs an MQTT broker (mochi-mqtt v2) inside the
+// spark2mqtt process and gives the bridge broker.Client values that talk to
+// it in-process (mochi's inline publish and subscriptions), with no socket
+// in between.
+//
+// It owns: the listeners (plain TCP, optional TLS, optional WebSocket), all
+// opened by New so their bound addresses are known at once; authentication
+// and topic ACLs (anonymous from loopback only by default, or the accounts
+// of a users file; the topics that carry device state are writable by the
+// bridge alone); persistence of retained messages, sessions and in-flight
+// messages in the data dir (badger); and the capabilities that make mochi
+// fit the bridge: retained messages never expire by age, a bounded write
+// queue per network client, a maximum packet size.
+//
+// It does not own: topics and payloads (package bridge), the choice between
+// this broker and an external one (cmd), or the bridge's birth message (the
+// bridge publishes "online" itself once started). The bridge's will is
+// special in-process: there is no connection to lose, so the Broker
+// publishes Config.Will at Start and at Close (see Config.Will).
+//
+// Concurrency: Broker and Client are safe for concurrent use. mochi calls
+// inline subscription callbacks on the publishing goroutine (a network
+// client's read loop, or a caller of Client.Publish); each subscription
+// hands messages to a bounded queue drained by its own delivery goroutine,
+// which exists only while the queue is non-empty, so a slow handler costs
+// its own subscription dropped messages (oldest first, counted) and never
+// stalls the broker or other subscriptions. Client.Close waits for those
+// goroutines; Broker.Close waits for every listener goroutine and network
+// connection. Lock order: Client.mu before subscription.mu; mochi's own
+// locks are never held when a subscription lock is taken by a publisher.
+package embedded
