@@ -223,6 +223,10 @@ func TestDevsimReconnect(t *testing.T) {
 	for i := range 6 {
 		wg.Go(func() {
 			sd := startSim(t, ts, firmwares[i%3], i, nil)
+			if _, err := sd.s.Describe(ctx); err != nil {
+				t.Errorf("device %d: Describe: %v", i, err)
+				return
+			}
 			if got, err := sd.s.Call(ctx, "heater", "on"); err != nil || got != 1 {
 				t.Errorf("device %d: Call = %d, %v", i, got, err)
 			}

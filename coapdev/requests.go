@@ -87,6 +87,10 @@ func (s *Session) roundTrip(ctx context.Context, kind reqKind, timeout time.Dura
 // (spark-protocol.md §4.4 FunctionCall). It blocks until the answer,
 // RequestTimeout or ctx.
 //
+// A name missing from the description waits for the application Describe
+// (at most Config.AppDescribeDelay after the Hello) and then for one new
+// Describe before it is declared missing (spark-protocol.md §2.4).
+//
 // Errors: ErrNameTooLong or ErrArgTooLong before anything is sent (see
 // Limits); ErrNotFound if fn is missing from the description after one
 // new Describe; ErrTimeout; *ResponseError for a 4.xx/5.xx answer; ErrBusy;
@@ -342,6 +346,17 @@ func (s *Session) lookup(ctx context.Context, has func(msg.Description) bool) (m
 	if ok && has(d) {
 		return d, nil
 	}
+	// Never conclude from the answer taken before the application ran
+	// (§2.4): wait for the application Describe first.
+	if err := s.waitApp(ctx); err != nil {
+		return msg.Description{}, err
+	}
+	s.mu.Lock()
+	d = s.desc
+	s.mu.Unlock()
+	if has(d) {
+		return d, nil
+	}
 	if err := s.waitDescribed(ctx, s.requestDescribe(false)); err != nil {
 		return msg.Description{}, err
 	}
@@ -393,6 +408,26 @@ func (s *Session) descWaitLocked() <-chan struct{} {
 		s.descCh = make(chan struct{})
 	}
 	return s.descCh
+}
+
+// waitApp waits until the application Describe has been answered (or has
+// failed): at most AppDescribeDelay plus DescribeTimeout after the Hello.
+func (s *Session) waitApp(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		done, ch := s.appSeq != 0 && s.descDone >= s.appSeq, s.descWaitLocked()
+		s.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-s.ctx.Done():
+			return s.closedErr()
+		}
+	}
 }
 
 // waitDescribed waits until a Describe covering seq has completed (with or

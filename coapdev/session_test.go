@@ -848,3 +848,22 @@ func TestHugeDescribe(t *testing.T) {
 		t.Fatalf("reason %v", r)
 	}
 }
+
+// TestCallBeforeApplication: a call made before the application Describe
+// waits for it instead of failing on the empty first answer (§2.4).
+func TestCallBeforeApplication(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t, nil)
+	d := dialDevice(t, ts, testID(1), handshake.Photon)
+	d.hello()
+	s := recv(t, ts.rec.started, "start")
+	c := async(func() (int32, error) { return s.Call(ctx, "heater", "on") })
+	d.answerDescribe(`{"f":[],"v":{}}`) // the answer taken at once
+	d.subscribe("heater/")              // the application runs
+	d.answerDescribe(heaterJSON)
+	m := d.expect(msg.KindFunctionCall) // no third Describe
+	d.send(msg.NewAck(m.ID, m.Token, msg.Changed, msg.EncodeReturn(1)))
+	if r := recv(t, c, "call"); r.err != nil || r.v != 1 {
+		t.Fatalf("Call = %d, %v", r.v, r.err)
+	}
+}
