@@ -107,7 +107,7 @@ func New(cfg Config) (*Broker, error) {
 	if err := b.srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("embedded: add auth hook: %w", err)
 	}
-	if err := b.srv.AddHook(newPacketIDs(), nil); err != nil {
+	if err := b.srv.AddHook(newPacketIDs(cfg.MaxPacketSize), nil); err != nil {
 		return nil, fmt.Errorf("embedded: add packet id hook: %w", err)
 	}
 	if cfg.DataDir != "" {

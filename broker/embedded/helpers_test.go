@@ -79,6 +79,7 @@ func pahoOptions(url, id string) *paho.ClientOptions {
 	return paho.NewClientOptions().
 		AddBroker(url).
 		SetClientID(id).
+		SetProtocolVersion(4). // no silent fallback to 3.1 after a refusal
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetConnectTimeout(testTimeout).

@@ -7,7 +7,12 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// packetIDs works around a mochi (v2.7.9) bug: it keeps the packet
+// packetIDs works around two mochi (v2.7.9) gaps. The first: its CONNACK
+// does not tell MQTT 5 clients the maximum packet size it enforces, so
+// this hook adds it (a client that knows can refuse a large publish itself
+// instead of being disconnected for it).
+//
+// The second is a bug: it keeps the packet
 // identifiers a client chose and those the server chose in one in-flight
 // map, although MQTT gives each side its own ([MQTT-2.2.1-3] binds a sender
 // to its own unused identifiers only). So when a client sends SUBSCRIBE or
@@ -27,6 +32,7 @@ import (
 // QoS 2 flows span several packets and are left alone.
 type packetIDs struct {
 	mqtt.HookBase
+	maxPacketSize uint32 // immutable
 
 	// Guarded by mu.
 	mu      sync.Mutex
@@ -38,8 +44,8 @@ type idMap struct {
 	ack          byte // the packet type that carries ours back
 }
 
-func newPacketIDs() *packetIDs {
-	return &packetIDs{pending: map[*mqtt.Client]idMap{}}
+func newPacketIDs(maxPacketSize int) *packetIDs {
+	return &packetIDs{maxPacketSize: uint32(maxPacketSize), pending: map[*mqtt.Client]idMap{}}
 }
 
 // ID implements mqtt.Hook.
@@ -78,6 +84,11 @@ func (h *packetIDs) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 func (h *packetIDs) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
 	case packets.Suback, packets.Unsuback, packets.Puback:
+	case packets.Connack:
+		if pk.ReasonCode < packets.ErrUnspecifiedError.Code {
+			pk.Properties.MaximumPacketSize = h.maxPacketSize // [MQTT-3.2.2.3.6]; encoded for MQTT 5 only
+		}
+		return pk
 	default:
 		return pk
 	}
