@@ -73,8 +73,7 @@ func (a *auth) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		a.refuse(cl, "anonymous client not on loopback (add a users file)")
 		return false
 	}
-	name := string(pk.Connect.Username)
-	u, ok := a.users.byName[name]
+	u, ok := a.users.byName[string(pk.Connect.Username)]
 	if !ok || !pk.Connect.PasswordFlag {
 		a.refuse(cl, "unknown user or no password")
 		return false

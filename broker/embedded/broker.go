@@ -214,8 +214,8 @@ func (b *Broker) Close(ctx context.Context) error {
 			b.cfg.Logger.Warn("mqtt publish will at close", "err", err)
 		}
 	}
+	b.pubMu.Lock() // waits for publishes under way
 	b.closed.Store(true)
-	b.pubMu.Lock() // wait for publishes under way
 	b.pubMu.Unlock()
 
 	done := make(chan struct{})
