@@ -62,6 +62,7 @@ type Client struct {
 	lastErr  error         // the last connection failure, nil after a success
 	subs     map[*subscription]struct{}
 	filters  map[string]*filterRefs // broker-level subscriptions by filter
+	stale    map[string]struct{}    // persistent session: filters whose UNSUBSCRIBE has not reached the broker
 	out      outbox                 // QoS ≥ 1 messages waiting for the broker
 	draining bool                   // the drainer holds entries taken from out that are not yet handed to paho
 	idleCh   chan struct{}          // closed when out is empty and nothing taken from it is unacknowledged; nil while idle
@@ -129,6 +130,7 @@ func New(cfg Config) (*Client, error) {
 		downCh:    make(chan struct{}),
 		subs:      make(map[*subscription]struct{}),
 		filters:   make(map[string]*filterRefs),
+		stale:     make(map[string]struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	close(c.downCh) // not connected yet
@@ -261,6 +263,9 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 	if n := packetSize(m.Topic, len(m.Payload), m.QoS); n > c.cfg.MaxPacketSize {
 		return fmt.Errorf("external: publish %q: packet of %d bytes, limit %d: %w", m.Topic, n, c.cfg.MaxPacketSize, broker.ErrTooLarge)
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("external: publish %q: %w", m.Topic, err)
+	}
 	e := &entry{topic: m.Topic, payload: bytes.Clone(m.Payload), qos: m.QoS, retain: m.Retain}
 
 	c.mu.Lock()
@@ -276,15 +281,15 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 		}
 		tok := pc.Publish(e.topic, 0, e.retain, e.payload)
 		if err := wait(ctx, tok); err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("external: publish %q: %w", m.Topic, err)
+			}
 			return fmt.Errorf("external: publish %q: %w: %w", m.Topic, broker.ErrNotConnected, err)
 		}
 		return nil
 	}
 	if !c.ready || c.out.len() > 0 || c.draining {
-		err := c.bufferLocked(e)
-		c.mu.Unlock()
-		c.wake()
-		return err
+		return c.buffer(e) // unlocks
 	}
 	c.inflight.Add(1) // under mu with closed false: Close waits for it
 	c.mu.Unlock()
@@ -307,22 +312,24 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 		c.mu.Unlock()
 		return fmt.Errorf("external: publish %q: %w", m.Topic, broker.ErrClosed)
 	}
-	err := c.bufferLocked(e)
-	c.mu.Unlock()
-	c.wake()
-	return err
+	return c.buffer(e) // unlocks
 }
 
-// bufferLocked appends e to the offline buffer, applying the overflow
-// policy: a retained message replaces a buffered one for its topic; anything
-// else is refused when the buffer is full. c.mu must be held.
-func (c *Client) bufferLocked(e *entry) error {
+// buffer appends e to the offline buffer, applying the overflow policy: a
+// retained message replaces a buffered one for its topic; anything else is
+// refused when the buffer is full. It is called with c.mu held and
+// releases it.
+func (c *Client) buffer(e *entry) error {
 	if !c.out.wouldReplace(e) && c.out.len() >= c.cfg.BufferSize {
-		c.nBufferFull.Add(1)
-		if now := time.Now(); now.Sub(c.warnedAt) >= 10*time.Second {
-			c.warnedAt = now
-			c.log.Warn("offline buffer full, refusing publishes", "topic", e.topic,
-				"buffered", c.out.len(), "refused_total", c.nBufferFull.Load())
+		buffered := c.out.len()
+		warn := time.Since(c.warnedAt) >= 10*time.Second
+		if warn {
+			c.warnedAt = time.Now()
+		}
+		c.mu.Unlock()
+		n := c.nBufferFull.Add(1)
+		if warn {
+			c.log.Warn("offline buffer full, refusing publishes", "topic", e.topic, "buffered", buffered, "refused_total", n)
 		}
 		return fmt.Errorf("external: publish %q: %w", e.topic, broker.ErrBufferFull)
 	}
@@ -332,6 +339,8 @@ func (c *Client) bufferLocked(e *entry) error {
 	if c.idleCh == nil {
 		c.idleCh = make(chan struct{})
 	}
+	c.mu.Unlock()
+	c.wake()
 	return nil
 }
 
@@ -407,6 +416,7 @@ func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h broke
 		c.filters[filter] = refs
 	}
 	refs.byQoS[qos]++
+	delete(c.stale, filter)
 	maxQoS := refs.max()
 	c.publishViewLocked()
 	c.wg.Add(1)
@@ -458,17 +468,37 @@ func (c *Client) unsubscribe(ctx context.Context, s *subscription) error {
 		tok = pc.Unsubscribe(s.filter)
 	}
 	c.subMu.Unlock()
+	if ok && last && pc == nil && !closed {
+		c.markStale(s.filter)
+	}
 	if tok == nil {
 		return nil
 	}
 	select {
 	case <-tok.Done():
-		// An error here is connection trouble; the filter is no longer
-		// registered, so the next connection does not subscribe it.
+		if tok.Error() != nil {
+			// Connection trouble. The filter is no longer registered, so
+			// the next connection does not subscribe it; a persistent
+			// session still has it and is told then.
+			c.markStale(s.filter)
+		}
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("external: unsubscribe %q: %w", s.filter, ctx.Err())
 	}
+}
+
+// markStale remembers, for a persistent session, a filter the broker may
+// still hold for us although no local subscription wants it any more.
+func (c *Client) markStale(filter string) {
+	if !c.cfg.PersistentSession {
+		return // a clean session forgets it by itself
+	}
+	c.mu.Lock()
+	if _, again := c.filters[filter]; !again {
+		c.stale[filter] = struct{}{}
+	}
+	c.mu.Unlock()
 }
 
 // forget removes s without telling the broker (it refused the filter).

@@ -291,9 +291,10 @@ func (c *Client) serve(pc paho.Client, lost chan error, failures int, session bo
 func lostLater(err error) error { return fmt.Errorf("external: connection dropped: %w", err) }
 
 // resubscribe sends every registered filter to the broker and waits for the
-// acknowledgements. A filter the broker refuses is logged (and stays
-// registered, for the next connection). An error means the connection is
-// not usable.
+// acknowledgements; with a persistent session it first unsubscribes the
+// filters dropped while the broker was away. A filter the broker refuses is
+// logged (and stays registered, for the next connection). An error means
+// the connection is not usable.
 func (c *Client) resubscribe(pc paho.Client, lost <-chan error) error {
 	c.subMu.Lock()
 	c.mu.Lock()
@@ -301,8 +302,15 @@ func (c *Client) resubscribe(pc paho.Client, lost <-chan error) error {
 	for f, refs := range c.filters {
 		all[f] = refs.max()
 	}
+	stale := make([]string, 0, len(c.stale))
+	for f := range c.stale {
+		stale = append(stale, f)
+	}
 	c.mu.Unlock()
 	var toks []paho.Token
+	if len(stale) > 0 {
+		toks = append(toks, pc.Unsubscribe(stale...))
+	}
 	batch := make(map[string]byte, subscribeBatch)
 	flush := func() {
 		if len(batch) > 0 {
@@ -333,6 +341,13 @@ func (c *Client) resubscribe(pc paho.Client, lost <-chan error) error {
 		}
 		if err := tok.Error(); err != nil {
 			return lostLater(fmt.Errorf("restore subscriptions: %w", err))
+		}
+		if _, ok := tok.(*paho.UnsubscribeToken); ok {
+			c.mu.Lock()
+			for _, f := range stale {
+				delete(c.stale, f)
+			}
+			c.mu.Unlock()
 		}
 		if st, ok := tok.(*paho.SubscribeToken); ok {
 			for f, code := range st.Result() {

@@ -763,3 +763,53 @@ func TestOnConnectCalledAfterResubscribe(t *testing.T) {
 	}
 	col.wait(t, 1)
 }
+
+// TestPersistentSessionStaleUnsubscribe: a filter unsubscribed while the
+// broker was away is removed from the persistent session at the next
+// connect, so the broker stops queueing for it.
+func TestPersistentSessionStaleUnsubscribe(t *testing.T) {
+	mq := mosquittotest.Start(t, mosquittotest.Options{})
+	const id = "stale-test"
+	c, p, _ := proxied(t, mq, func(cfg *Config) { cfg.ClientID, cfg.PersistentSession = id, true }, nil)
+	unsub, err := c.Subscribe(ctxT(t), "stale/#", 1, func(broker.Message) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	goAway(t, c, p)
+	if err := unsub(ctxT(t)); err != nil {
+		t.Fatalf("unsubscribe while away: %v", err)
+	}
+	p.Refuse(false)
+	if err := c.WaitReady(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	closeT(t, c) // the session stays on the broker
+
+	ocfg, _ := testConfig(t, mq.URL)
+	obs := dial(t, ocfg)
+	if err := obs.Publish(ctxT(t), broker.Message{Topic: "stale/x", Payload: []byte("must not be queued"), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Back with the same session and a catch-all handler: whatever the
+	// session queued arrives first, before the marker.
+	cfg, _ := testConfig(t, mq.URL)
+	cfg.ClientID, cfg.PersistentSession = id, true
+	col := newCollector()
+	again := dialWith(t, cfg, func(c *Client) {
+		if _, err := c.Subscribe(ctxT(t), "#", 1, col.handle); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := again.Publish(ctxT(t), broker.Message{Topic: "marker", Payload: []byte("m"), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	ms := col.waitFor(t, "the marker", func(ms []broker.Message) bool {
+		return len(ms) > 0 && ms[len(ms)-1].Topic == "marker"
+	})
+	for _, m := range ms {
+		if m.Topic == "stale/x" {
+			t.Errorf("the broker still queued for the unsubscribed filter: %s %q", m.Topic, m.Payload)
+		}
+	}
+}

@@ -1,0 +1,235 @@
+package external
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/spark2mqtt/spark2mqtt/broker"
+	"github.com/spark2mqtt/spark2mqtt/internal/mosquittotest"
+)
+
+// Benchmarks: publish throughput of 100-byte messages through the
+// broker.Client interface and through a plain paho client, against the same
+// Mosquitto in the same run, with the publish → handler latency of each
+// message (the payload carries its send time). Each publish waits for its
+// completion (QoS 0: written; QoS 1: PUBACK), like broker.Client.Publish.
+//
+//	go test -run '^$' -bench . -count 10 ./broker/external | tee new.txt
+//	benchstat -col /via new.txt
+
+const benchPayload = 100
+
+// latencies collects publish → handler delays.
+type latencies struct {
+	mu   sync.Mutex
+	ns   []int64
+	got  atomic.Int64
+	last atomic.Int64  // unix ns of the latest delivery
+	sig  chan struct{} // capacity 1: a delivery happened (for BenchmarkLatency)
+}
+
+func newLatencies() *latencies { return &latencies{sig: make(chan struct{}, 1)} }
+
+func (l *latencies) record(payload []byte) {
+	now := time.Now().UnixNano()
+	if len(payload) >= 8 {
+		d := now - int64(binary.BigEndian.Uint64(payload))
+		l.mu.Lock()
+		l.ns = append(l.ns, d)
+		l.mu.Unlock()
+	}
+	l.got.Add(1)
+	l.last.Store(now)
+	select {
+	case l.sig <- struct{}{}:
+	default:
+	}
+}
+
+// report waits for the messages still on their way and reports the
+// end-to-end rate (sent messages over the time until the last one arrived),
+// the latency percentiles and the loss.
+func (l *latencies) report(b *testing.B, start time.Time, sent int64) {
+	deadline := time.Now().Add(10 * time.Second)
+	for l.got.Load() < sent && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if last := l.last.Load(); last > 0 {
+		b.ReportMetric(float64(l.got.Load())/time.Unix(0, last).Sub(start).Seconds(), "msgs/s")
+	}
+	l.mu.Lock()
+	ns := slices.Clone(l.ns)
+	l.mu.Unlock()
+	if len(ns) == 0 {
+		return
+	}
+	slices.Sort(ns)
+	pct := func(p float64) float64 { return float64(ns[int(p*float64(len(ns)-1))]) / 1e3 }
+	b.ReportMetric(pct(0.50), "p50-µs")
+	b.ReportMetric(pct(0.99), "p99-µs")
+	if lost := sent - l.got.Load(); lost > 0 {
+		b.ReportMetric(float64(lost), "lost")
+	}
+}
+
+func payload() []byte {
+	p := make([]byte, benchPayload)
+	binary.BigEndian.PutUint64(p, uint64(time.Now().UnixNano()))
+	return p
+}
+
+// publisher is one side of the comparison.
+type publisher interface {
+	publish(topic string, qos byte, p []byte) error
+}
+
+type ifacePub struct{ c broker.Client }
+
+func (p ifacePub) publish(topic string, qos byte, b []byte) error {
+	return p.c.Publish(context.Background(), broker.Message{Topic: topic, Payload: b, QoS: qos})
+}
+
+type pahoPub struct{ c paho.Client }
+
+func (p pahoPub) publish(topic string, qos byte, b []byte) error {
+	tok := p.c.Publish(topic, qos, false, b)
+	tok.Wait()
+	return tok.Error()
+}
+
+func benchIface(b *testing.B, mq *mosquittotest.Broker, topic string, qos byte, lat *latencies) publisher {
+	cfg, _ := testConfig(b, mq.URL)
+	cfg.QueueSize = 1 << 16
+	sub := dial(b, cfg)
+	if _, err := sub.Subscribe(ctxT(b), topic, qos, func(m broker.Message) { lat.record(m.Payload) }); err != nil {
+		b.Fatal(err)
+	}
+	pcfg, _ := testConfig(b, mq.URL)
+	return ifacePub{dial(b, pcfg)}
+}
+
+func pahoClient(b *testing.B, url string) paho.Client {
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(newClientID()).SetProtocolVersion(4).
+		SetAutoReconnect(false).SetOrderMatters(true).SetKeepAlive(30 * time.Second)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(opTimeout) || tok.Error() != nil {
+		b.Fatalf("paho connect: %v", tok.Error())
+	}
+	b.Cleanup(func() { c.Disconnect(250) })
+	return c
+}
+
+func benchPaho(b *testing.B, mq *mosquittotest.Broker, topic string, qos byte, lat *latencies) publisher {
+	sub := pahoClient(b, mq.URL)
+	tok := sub.Subscribe(topic, qos, func(_ paho.Client, m paho.Message) { lat.record(m.Payload()) })
+	if !tok.WaitTimeout(opTimeout) || tok.Error() != nil {
+		b.Fatalf("paho subscribe: %v", tok.Error())
+	}
+	return pahoPub{pahoClient(b, mq.URL)}
+}
+
+// vias are the two sides of every comparison.
+var vias = []struct {
+	name string
+	make func(*testing.B, *mosquittotest.Broker, string, byte, *latencies) publisher
+}{{"paho", benchPaho}, {"iface", benchIface}}
+
+// BenchmarkThroughput publishes as fast as one goroutine can (each Publish
+// waiting for its completion). ns/op is the publish call; msgs/s is
+// end-to-end, up to the last delivery. At QoS 0 nothing slows the publisher
+// down, so the subscriber falls behind: the latency it reports is queueing
+// in the broker, not the client (see BenchmarkLatency).
+func BenchmarkThroughput(b *testing.B) {
+	mq := mosquittotest.Start(b, mosquittotest.Options{Extra: []string{"set_tcp_nodelay true"}})
+	for _, qos := range []byte{0, 1} {
+		for _, via := range vias {
+			b.Run(fmt.Sprintf("qos=%d/via=%s", qos, via.name), func(b *testing.B) {
+				topic := fmt.Sprintf("bench/%s/%d/%d", via.name, qos, time.Now().UnixNano())
+				lat := newLatencies()
+				pub := via.make(b, mq, topic, qos, lat)
+				b.ReportAllocs()
+				b.SetBytes(benchPayload)
+				var sent int64
+				start := time.Now()
+				for b.Loop() {
+					if err := pub.publish(topic, qos, payload()); err != nil {
+						b.Fatal(err)
+					}
+					sent++
+				}
+				lat.report(b, start, sent)
+			})
+		}
+	}
+}
+
+// BenchmarkLatency publishes one message at a time and waits until the
+// subscriber's handler has it: ns/op is the publish → handler round, and
+// p50/p99 are publish → handler delays, with no queueing anywhere.
+// Mosquitto runs with set_tcp_nodelay: with Nagle on its sockets, a lone
+// QoS 0 message waits for the previous one's delayed ACK (up to 40 ms),
+// which would measure the kernel rather than the clients.
+func BenchmarkLatency(b *testing.B) {
+	mq := mosquittotest.Start(b, mosquittotest.Options{Extra: []string{"set_tcp_nodelay true"}})
+	for _, qos := range []byte{0, 1} {
+		for _, via := range vias {
+			b.Run(fmt.Sprintf("qos=%d/via=%s", qos, via.name), func(b *testing.B) {
+				topic := fmt.Sprintf("bench/lat/%s/%d/%d", via.name, qos, time.Now().UnixNano())
+				lat := newLatencies()
+				pub := via.make(b, mq, topic, qos, lat)
+				b.ReportAllocs()
+				var sent int64
+				start := time.Now()
+				for b.Loop() {
+					if err := pub.publish(topic, qos, payload()); err != nil {
+						b.Fatal(err)
+					}
+					sent++
+					for lat.got.Load() < sent {
+						<-lat.sig
+					}
+				}
+				lat.report(b, start, sent)
+			})
+		}
+	}
+}
+
+// BenchmarkThroughputParallel is BenchmarkThroughput with 8 publishing
+// goroutines on one client, which is how the bridge publishes (one
+// goroutine per device).
+func BenchmarkThroughputParallel(b *testing.B) {
+	mq := mosquittotest.Start(b, mosquittotest.Options{Extra: []string{"set_tcp_nodelay true", "max_inflight_messages 0"}})
+	for _, qos := range []byte{0, 1} {
+		for _, via := range vias {
+			b.Run(fmt.Sprintf("qos=%d/via=%s", qos, via.name), func(b *testing.B) {
+				topic := fmt.Sprintf("bench/par/%s/%d/%d", via.name, qos, time.Now().UnixNano())
+				lat := newLatencies()
+				pub := via.make(b, mq, topic, qos, lat)
+				b.ReportAllocs()
+				b.SetBytes(benchPayload)
+				b.SetParallelism(4) // 4 × GOMAXPROCS goroutines
+				var sent atomic.Int64
+				start := time.Now()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if err := pub.publish(topic, qos, payload()); err != nil {
+							b.Error(err)
+							return
+						}
+						sent.Add(1)
+					}
+				})
+				lat.report(b, start, sent.Load())
+			})
+		}
+	}
+}
