@@ -44,6 +44,7 @@ type Bridge struct {
 	events  chan eventItem // device events and spark/events → event loop; never closed; full: the oldest is dropped and counted
 	invKick chan struct{}  // cap 1: the inventory changed; never closed
 	synced  chan struct{}  // closed by the dispatcher once the retained state is restored
+	ready   chan struct{}  // closed by Run once the commands are subscribed and the state is online
 
 	workers sync.WaitGroup // device workers; Add only under mu while stateRunning
 
@@ -77,6 +78,7 @@ func New(cfg Config) (*Bridge, error) {
 		events:    make(chan eventItem, cfg.EventQueue),
 		invKick:   make(chan struct{}, 1),
 		synced:    make(chan struct{}),
+		ready:     make(chan struct{}),
 		devs:      map[string]*dev{},
 	}
 	b.lim.interval = 10 * time.Second
@@ -205,8 +207,14 @@ func (b *Bridge) start(ctx context.Context) (unsubs []func(context.Context) erro
 	if err := b.publish(ctx, b.t.state(), []byte("online"), true); err != nil {
 		b.log.Warn("publish bridge state online", "err", err)
 	}
+	close(b.ready)
 	return unsubs, nil
 }
+
+// Ready returns a channel closed once Run has restored the held calls,
+// subscribed to the command topics and published bridge/state online (for
+// a readiness check). It is never closed if Run stops before that.
+func (b *Bridge) Ready() <-chan struct{} { return b.ready }
 
 func (b *Bridge) unsubscribe(us []func(context.Context) error) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)

@@ -114,3 +114,35 @@ func TestResponseTopic(t *testing.T) {
 		})
 	}
 }
+
+// TestReplacedSession: the device connects again while its old session is
+// still up (a new TCP connection after a network change): the newer
+// session wins, availability ends online, calls go to the new session.
+func TestReplacedSession(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.startBridge()
+	u := h.newUser()
+	_, first := h.addHeater(heaterID)
+	heater2, second := h.addHeater(heaterID) // a second simulator with the same id and key
+	first.connect()
+	u.waitPayload(topicOf(first.id, "availability"), "online")
+	second.connect()
+	waitFor(t, "old connection closed by the server", func() bool {
+		select {
+		case <-first.done:
+			return true
+		default:
+			return false
+		}
+	})
+	u.publish(topicOf(first.id, "fn", "heater", "call"), `{"arg":"on","transaction":"r"}`)
+	if r := u.waitResult(topicOf(first.id, "fn", "heater", "result"), "r"); r.ReturnValue == nil || *r.ReturnValue != 1 || !heater2.On() {
+		t.Errorf("result = %+v, second heater on %v", r, heater2.On())
+	}
+	if m, _ := u.last(topicOf(first.id, "availability")); m.payload != "online" {
+		t.Errorf("availability ends %q, want online", m.payload)
+	}
+	if p, _ := h.retained(topicOf(first.id, "availability")); p != "online" {
+		t.Errorf("retained availability %q, want online", p)
+	}
+}

@@ -263,7 +263,11 @@ func (h *harness) startBridgeWith(beforeRun func()) *Bridge {
 			t.Error(err)
 		}
 	})
-	waitFor(t, "bridge online", func() bool { return br.isSynced() })
+	select {
+	case <-br.Ready():
+	case <-time.After(waitLong):
+		t.Fatal("bridge not ready")
+	}
 	return br
 }
 
@@ -288,7 +292,8 @@ type device struct {
 	*devsim.Device
 	h      *harness
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{} // closed when the connection has ended
+	err    error         // why, once done is closed
 	id     string
 }
 
@@ -349,9 +354,9 @@ func (d *device) dial() {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	d.done = make(chan error, 1)
+	d.done = make(chan struct{})
 	addr := d.h.coapAddr
-	go func() { d.done <- d.Dial(ctx, addr) }() // stopped by disconnect
+	go func() { d.err = d.Dial(ctx, addr); close(d.done) }() // stopped by disconnect
 	d.h.devCancel = append(d.h.devCancel, d.disconnect)
 	wctx, wcancel := context.WithTimeout(ctx, waitLong)
 	defer wcancel()
