@@ -135,7 +135,7 @@ func New(cfg Config) (*Client, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	close(c.downCh) // not connected yet
 	if cfg.InsecureSkipVerify {
-		c.log.Warn("broker certificate verification is OFF: anyone on the network path can impersonate the broker and read the credentials; set a CA file instead",
+		c.log.Warn("broker certificate verification is off (insecure_skip_verify): anyone on the network path can impersonate the broker and read the credentials; set a CA file instead",
 			"insecure_skip_verify", true)
 	}
 	return c, nil
@@ -266,7 +266,9 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("external: publish %q: %w", m.Topic, err)
 	}
-	e := &entry{topic: m.Topic, payload: bytes.Clone(m.Payload), qos: m.QoS, retain: m.Retain}
+	// Our own copy: the caller may reuse its buffer as soon as we return,
+	// and paho (or the buffer) may still hold this one.
+	payload := bytes.Clone(m.Payload)
 
 	c.mu.Lock()
 	if c.closed {
@@ -279,7 +281,7 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 		if pc == nil {
 			return fmt.Errorf("external: publish %q: %w", m.Topic, broker.ErrNotConnected)
 		}
-		tok := pc.Publish(e.topic, 0, e.retain, e.payload)
+		tok := pc.Publish(m.Topic, 0, m.Retain, payload)
 		if err := wait(ctx, tok); err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("external: publish %q: %w", m.Topic, err)
@@ -289,12 +291,12 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 		return nil
 	}
 	if !c.ready || c.out.len() > 0 || c.draining {
-		return c.buffer(e) // unlocks
+		return c.buffer(&entry{topic: m.Topic, payload: payload, qos: m.QoS, retain: m.Retain}) // unlocks
 	}
 	c.inflight.Add(1) // under mu with closed false: Close waits for it
 	c.mu.Unlock()
 
-	tok := pc.Publish(e.topic, e.qos, e.retain, e.payload)
+	tok := pc.Publish(m.Topic, m.QoS, m.Retain, payload)
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
@@ -312,7 +314,7 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 		c.mu.Unlock()
 		return fmt.Errorf("external: publish %q: %w", m.Topic, broker.ErrClosed)
 	}
-	return c.buffer(e) // unlocks
+	return c.buffer(&entry{topic: m.Topic, payload: payload, qos: m.QoS, retain: m.Retain}) // unlocks
 }
 
 // buffer appends e to the offline buffer, applying the overflow policy: a

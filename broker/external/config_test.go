@@ -183,7 +183,7 @@ func TestInsecureSkipVerifyWarns(t *testing.T) {
 		t.Fatal(err)
 	}
 	closeT(t, c)
-	if ls := lb.lines("level=WARN", "verification is OFF"); len(ls) != 1 {
+	if ls := lb.lines("level=WARN", "verification is off"); len(ls) != 1 {
 		t.Errorf("want one warning about verification, log:\n%s", lb.String())
 	}
 }

@@ -306,7 +306,7 @@ func TestTLS(t *testing.T) {
 		cfg.CAFile = other.CAFile
 		cfg.InsecureSkipVerify = true
 		roundTrip(t, dial(t, cfg), "tls/insecure")
-		if len(lb.lines("level=WARN", "verification is OFF")) != 1 {
+		if len(lb.lines("level=WARN", "verification is off")) != 1 {
 			t.Errorf("no warning; log:\n%s", lb)
 		}
 	})
@@ -811,5 +811,36 @@ func TestPersistentSessionStaleUnsubscribe(t *testing.T) {
 		if m.Topic == "stale/x" {
 			t.Errorf("the broker still queued for the unsubscribed filter: %s %q", m.Topic, m.Payload)
 		}
+	}
+}
+
+// TestSilentDeath: the network path goes quiet (no FIN, no RST). The
+// keep-alive notices; a QoS 1 message that was waiting for its PUBACK goes
+// to the buffer (Publish returns nil) and is delivered after the reconnect.
+func TestSilentDeath(t *testing.T) {
+	mq := mosquittotest.Start(t, mosquittotest.Options{})
+	ocfg, _ := testConfig(t, mq.URL)
+	obs := dial(t, ocfg)
+	col := newCollector()
+	if _, err := obs.Subscribe(ctxT(t), "silent/#", 1, col.handle); err != nil {
+		t.Fatal(err)
+	}
+	c, p, lb := proxied(t, mq, func(cfg *Config) { cfg.KeepAlive = time.Second }, nil)
+
+	p.Blackhole(true)
+	start := time.Now()
+	if err := c.Publish(ctxT(t), broker.Message{Topic: "silent/x", Payload: []byte("in flight"), QoS: 1}); err != nil {
+		t.Fatalf("Publish across a silent death: %v", err)
+	}
+	t.Logf("Publish returned after %v (keep-alive 1 s)", time.Since(start))
+	lb.waitLog(t, "broker connection lost", "pingresp")
+	if s := c.Stats(); s.Buffered != 1 || s.Ready {
+		t.Errorf("Stats = %+v, want the message buffered and not ready", s)
+	}
+
+	p.Blackhole(false)
+	p.Cut() // what was swallowed broke the old sessions
+	if m := col.wait(t, 1)[0]; m.Topic != "silent/x" || string(m.Payload) != "in flight" {
+		t.Errorf("got %s %q", m.Topic, m.Payload)
 	}
 }

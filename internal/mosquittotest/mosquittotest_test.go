@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -285,5 +286,70 @@ func TestWSProxy(t *testing.T) {
 func TestTail(t *testing.T) {
 	if got := tail("a\nb\nc\n", 2); got != "... (1 lines before)\nb\nc" {
 		t.Errorf("tail = %q", got)
+	}
+}
+
+// recTB records how find ends a test instead of ending it.
+type recTB struct {
+	testing.TB
+	skipped, failed string
+}
+
+func (r *recTB) Helper() {}
+func (r *recTB) Skip(args ...any) {
+	r.skipped = fmt.Sprint(args...)
+	runtime.Goexit()
+}
+func (r *recTB) Fatalf(format string, args ...any) {
+	r.failed = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+func TestMissingBinary(t *testing.T) {
+	for _, c := range []struct {
+		name, env  string
+		skip, fail bool
+	}{
+		{"local: skip", "", true, false},
+		{"CI: fail", "1", false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv(RequireEnv, c.env)
+			r := &recTB{TB: t}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				find(r, "spark2mqtt-no-such-binary", "/nonexistent/spark2mqtt-no-such-binary")
+			}()
+			<-done
+			if (r.skipped != "") != c.skip || (r.failed != "") != c.fail {
+				t.Fatalf("skipped %q, failed %q", r.skipped, r.failed)
+			}
+			if msg := r.skipped + r.failed; !strings.Contains(msg, InstallHint) {
+				t.Errorf("message %q does not say how to install", msg)
+			}
+		})
+	}
+}
+
+func TestProxyBlackhole(t *testing.T) {
+	b := Start(t, Options{})
+	p := NewProxy(t, b.Addr)
+	c, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p.Blackhole(true)
+	if _, err := c.Write(connectPacket("bh", "", "")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read through a blackhole: got %v, want a timeout", err)
+	}
+	p.Blackhole(false)
+	if rc := dialConnect(t, p.Addr, "", ""); rc != 0 {
+		t.Fatalf("CONNACK %d after the blackhole", rc)
 	}
 }

@@ -1,9 +1,9 @@
 package mosquittotest
 
 import (
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -16,9 +16,10 @@ type Proxy struct {
 	Addr string
 	URL  string
 
-	target string
-	ln     net.Listener
-	wg     sync.WaitGroup // accept loop and copy loops; waited by Close
+	target    string
+	ln        net.Listener
+	wg        sync.WaitGroup // accept loop and copy loops; waited by Close
+	blackhole atomic.Bool    // drop all bytes, keep the connections
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{} // guarded by mu: both sides of every live pair
@@ -93,7 +94,18 @@ func (p *Proxy) track(conns ...net.Conn) bool {
 // pipe copies src to dst until either side fails, then closes both.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src) // EOF or a cut: either way the pair is finished
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.blackhole.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break // EOF or a cut: either way the pair is finished
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -119,6 +131,13 @@ func (p *Proxy) Cut() {
 		c.Close()
 	}
 }
+
+// Blackhole makes the proxy swallow every byte in both directions while
+// keeping the connections open (on is true), as a network partition or a
+// hung broker would: only keep-alives notice. Blackhole(false) forwards
+// again (what was swallowed is gone; the MQTT sessions through it are
+// broken and should be cut).
+func (p *Proxy) Blackhole(on bool) { p.blackhole.Store(on) }
 
 // Refuse makes the proxy close new connections as soon as it accepts them
 // (on is true) or forward them again (on is false): the broker looks
