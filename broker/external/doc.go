@@ -76,10 +76,15 @@
 // not publish the will. Messages still buffered because the broker is away
 // are counted in Stats.Lost and logged.
 //
-// paho's own store is not used for this: with a fresh paho client per
-// connection (and with paho's AutoReconnect, whose Publish returns "not
-// Connected" outside the reconnecting state) it is neither bounded nor
-// carried across the failures we need to survive.
+// paho's own store and AutoReconnect are not used for this. Probed against
+// Mosquitto behind a cut proxy (paho v1.5.1, AutoReconnect on): while paho
+// is reconnecting, a QoS 0 Publish completes its token with no error and
+// the message is silently dropped; a QoS 1 Publish goes into paho's
+// unbounded in-memory store with a token that completes only after the
+// reconnect; right after the cut, before paho has noticed, tokens of either
+// QoS stay pending; and before the first successful connect (without
+// ConnectRetry) Publish fails with "not Connected". None of that gives a bounded
+// buffer, a synchronous answer, or a count of what was refused.
 //
 // # MQTT 5
 //
