@@ -6,13 +6,17 @@ import (
 	"crypto/rsa"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"runtime"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/spark2mqtt/spark2mqtt/coapdev/frame"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/handshake"
+	"github.com/spark2mqtt/spark2mqtt/coapdev/keys"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/msg"
 )
 
@@ -463,5 +467,89 @@ func TestReasons(t *testing.T) {
 	}
 	if _, err := NewServer(Config{}); err == nil {
 		t.Fatal("NewServer without keys")
+	}
+}
+
+// recordHandler is a slog.Handler that keeps Warn records' messages and
+// device attributes.
+type recordHandler struct {
+	mu   *sync.Mutex
+	warn *[]string
+}
+
+func (h recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h recordHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h recordHandler) WithGroup(string) slog.Handler            { return h }
+func (h recordHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn {
+		return nil
+	}
+	dev := ""
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "device" {
+			dev = a.Value.String()
+		}
+		return true
+	})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	*h.warn = append(*h.warn, r.Message+" "+dev)
+	return nil
+}
+
+// TestRefusedWarn: every refused device gets its own Warn line (an
+// operator must register it), repeated at most once a minute per device.
+func TestRefusedWarn(t *testing.T) {
+	var mu sync.Mutex
+	var warns []string
+	ts := startServer(t, func(c *Config) { c.Logger = slog.New(recordHandler{&mu, &warns}) })
+	try := func(id keys.DeviceID, k handshake.Kind) {
+		conn := ts.dial(t)
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(waitLong))
+		if _, err := handshake.Client(conn, handshake.ClientConfig{
+			ServerKey: &ts.tk.server.PublicKey, DeviceKey: ts.tk.device, DeviceID: id, Kind: k,
+		}); err == nil {
+			t.Fatal("unknown device accepted")
+		}
+	}
+	try(testID(1), handshake.Core)
+	try(testID(2), handshake.Photon)
+	try(testID(1), handshake.Core) // again within the minute: Debug only
+	waitFor(t, waitLong, "refusals", func() bool { return ts.failures(UnknownDevice) == 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"device refused " + testID(1).String(), "device refused " + testID(2).String()}
+	if !slices.Equal(warns, want) {
+		t.Fatalf("warnings %q, want %q", warns, want)
+	}
+}
+
+// TestRateLimit: one per key per interval, suppressed counted, bounded.
+func TestRateLimit(t *testing.T) {
+	r := rateLimit{every: time.Minute, max: 3}
+	now := time.Unix(1000, 0)
+	if _, ok := r.allow(testID(1), now); !ok {
+		t.Fatal("first")
+	}
+	if _, ok := r.allow(testID(1), now.Add(time.Second)); ok {
+		t.Fatal("second within the interval")
+	}
+	if n, ok := r.allow(testID(1), now.Add(time.Minute)); !ok || n != 1 {
+		t.Fatalf("after the interval: %d %v", n, ok)
+	}
+	for i := 2; i <= 5; i++ {
+		if _, ok := r.allow(testID(i), now.Add(time.Duration(i)*time.Second)); !ok {
+			t.Fatalf("id %d", i)
+		}
+	}
+	if len(r.seen) != 3 {
+		t.Fatalf("%d keys remembered, want 3", len(r.seen))
+	}
+	// id 1 was seen last at +1 min, ids 2 and 3 before: they went.
+	for _, i := range []int{1, 4, 5} {
+		if _, ok := r.seen[testID(i)]; !ok {
+			t.Fatalf("id %d evicted, want the oldest ones (2, 3) gone", i)
+		}
 	}
 }

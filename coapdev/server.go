@@ -28,7 +28,7 @@ type Server struct {
 	stats      counters
 	deliveries sync.WaitGroup // the Handler delivery goroutines
 	served     atomic.Bool
-	warn       rateLimit
+	warn       rateLimit // "device refused" lines, per device id
 
 	mu sync.Mutex
 	// Guarded by mu.
@@ -45,7 +45,7 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg:      cfg,
 		slots:    make(chan struct{}, cfg.MaxHandshakes),
 		sessions: make(map[keys.DeviceID]*Session),
-		warn:     rateLimit{every: 10 * time.Second},
+		warn:     rateLimit{every: time.Minute, max: 1024},
 	}, nil
 }
 
@@ -245,11 +245,15 @@ func (srv *Server) handshakeFailed(log *slog.Logger, reason CloseReason, err err
 	srv.stats.handshakesFailed[reason].Add(1)
 	attrs := []any{"reason", reason.String(), "err", err}
 	var de *handshake.DeviceError
-	if errors.As(err, &de) {
-		attrs = append(attrs, "device", de.ID.String())
+	if !errors.As(err, &de) {
+		log.Debug("handshake failed", attrs...)
+		return
 	}
+	attrs = append(attrs, "device", de.ID.String())
 	if reason == UnknownDevice || reason == KeyMismatch {
-		if n, ok := srv.warn.allow(); ok {
+		// An operator must act (register the key): one Warn per device
+		// per minute, so a second new device is not hidden by the first.
+		if n, ok := srv.warn.allow(de.ID, time.Now()); ok {
 			if n > 0 {
 				attrs = append(attrs, "suppressed", n)
 			}
@@ -300,26 +304,50 @@ func (srv *Server) newMsgID() uint16 {
 	return uint16(rand.Uint32())
 }
 
-// rateLimit lets one event through per interval and counts the others.
+// rateLimit lets one event per key through per interval and counts the
+// others. It remembers at most max keys; when full, the key seen longest
+// ago is forgotten.
 type rateLimit struct {
 	every time.Duration
+	max   int
 	mu    sync.Mutex
 	// Guarded by mu.
+	seen map[keys.DeviceID]*rateEntry
+}
+
+type rateEntry struct {
 	last       time.Time
 	suppressed int
 }
 
-// allow reports whether to log now, and how many were suppressed since the
-// last time it said yes.
-func (r *rateLimit) allow() (int, bool) {
+// allow reports whether to log for id now, and how many were suppressed
+// for it since the last time it said yes.
+func (r *rateLimit) allow(id keys.DeviceID, now time.Time) (int, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := time.Now()
-	if !r.last.IsZero() && now.Sub(r.last) < r.every {
-		r.suppressed++
+	if r.seen == nil {
+		r.seen = make(map[keys.DeviceID]*rateEntry)
+	}
+	e := r.seen[id]
+	if e != nil && now.Sub(e.last) < r.every {
+		e.suppressed++
 		return 0, false
 	}
-	n := r.suppressed
-	r.last, r.suppressed = now, 0
+	if e == nil {
+		if len(r.seen) >= r.max {
+			var oldest keys.DeviceID
+			first := true
+			for k, v := range r.seen {
+				if first || v.last.Before(r.seen[oldest].last) {
+					oldest, first = k, false
+				}
+			}
+			delete(r.seen, oldest)
+		}
+		e = &rateEntry{}
+		r.seen[id] = e
+	}
+	n := e.suppressed
+	e.last, e.suppressed = now, 0
 	return n, true
 }
