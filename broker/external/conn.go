@@ -373,6 +373,11 @@ func (c *Client) drainLoop(pc paho.Client, stop <-chan struct{}, drained chan<- 
 			return
 		}
 		if err := c.drain(pc, stop); err != nil {
+			if !pc.IsConnectionOpen() {
+				// paho is handling the loss and reports its cause
+				// (EOF, "pingresp not received", ...) through lost.
+				return
+			}
 			select {
 			case lost <- lostLater(err):
 			default:
