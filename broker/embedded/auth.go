@@ -35,6 +35,7 @@ type auth struct {
 	// Immutable after newAuth.
 	users     *Users // nil: anonymous from loopback only
 	protected []string
+	pace      *pacer // nil: no pacing
 	log       *slog.Logger
 	key       [32]byte // HMAC key of the verified-password cache
 
@@ -48,8 +49,8 @@ type auth struct {
 	lastWarned atomic.Int64 // unix nanos of the last refusal logged at Warn
 }
 
-func newAuth(users *Users, protected []string, log *slog.Logger) *auth {
-	a := &auth{users: users, protected: protected, log: log, verified: map[string][sha256.Size]byte{}}
+func newAuth(users *Users, protected []string, pace *pacer, log *slog.Logger) *auth {
+	a := &auth{users: users, protected: protected, pace: pace, log: log, verified: map[string][sha256.Size]byte{}}
 	if _, err := rand.Read(a.key[:]); err != nil {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
@@ -124,8 +125,21 @@ func (a *auth) refuse(cl *mqtt.Client, reason string) {
 }
 
 // OnACLCheck implements mqtt.Hook. topic is a topic name (publish,
-// delivery) or a subscription filter (subscribe).
+// delivery) or a subscription filter (subscribe). mochi grants access when
+// any hook says yes, so this must stay the only hook that provides it.
+//
+// mochi asks with write false just before it queues a delivery to cl, so an
+// allowed read is also where the pacer makes the delivering goroutine wait
+// for room in cl's write queue.
 func (a *auth) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	ok := a.allowed(cl, topic, write)
+	if ok && !write {
+		a.pace.wait(cl)
+	}
+	return ok
+}
+
+func (a *auth) allowed(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
 	}

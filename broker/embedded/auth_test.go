@@ -192,7 +192,7 @@ func TestAnonymousLoopbackOnly(t *testing.T) {
 				t.Errorf("isLoopback(%q) = %v, want %v", tc.remote, got, tc.want)
 			}
 			// The hook decides with the same function.
-			a := newAuth(nil, DefaultProtected("spark"), testConfig().withDefaults().Logger)
+			a := newAuth(nil, DefaultProtected("spark"), nil, testConfig().withDefaults().Logger)
 			cl := &mqtt.Client{}
 			cl.Net.Remote = tc.remote
 			if got := a.OnConnectAuthenticate(cl, packets.Packet{}); got != tc.want {
@@ -203,7 +203,7 @@ func TestAnonymousLoopbackOnly(t *testing.T) {
 }
 
 func TestAnonymousACL(t *testing.T) {
-	a := newAuth(nil, DefaultProtected("spark"), testConfig().withDefaults().Logger)
+	a := newAuth(nil, DefaultProtected("spark"), nil, testConfig().withDefaults().Logger)
 	cl := &mqtt.Client{}
 	cl.Net.Remote = "127.0.0.1:1"
 	for _, tc := range []struct {

@@ -31,6 +31,7 @@ type Broker struct {
 	inline    *mqtt.Client // the bridge's identity inside mochi; never connected
 	auth      *auth
 	store     *store // nil without DataDir
+	pacer     *pacer // nil when mochi's queue length cannot be read
 	listeners map[string]*listener
 
 	nextSubID atomic.Int64  // mochi inline subscription ids
@@ -103,13 +104,22 @@ func New(cfg Config) (*Broker, error) {
 	b.inline = b.srv.NewClient(nil, mqtt.LocalListener, "spark2mqtt-inline", true)
 	b.inline.Properties.ProtocolVersion = 5 // so MQTT 5 properties are kept
 
-	b.auth = newAuth(users, cfg.ProtectedTopics, cfg.Logger)
+	if p, ok := newPacer(cfg.ClientWritesPending, cfg.WriteTimeout/2, cfg.Logger); ok {
+		b.pacer = p
+		if err := b.srv.AddHook(p, nil); err != nil {
+			return nil, fmt.Errorf("embedded: add pacer hook: %w", err)
+		}
+	} else {
+		cfg.Logger.Warn("mqtt write queues not paced: this mochi version hides their length; bursts over the client writes pending may be dropped")
+	}
+	b.auth = newAuth(users, cfg.ProtectedTopics, b.pacer, cfg.Logger)
 	if err := b.srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("embedded: add auth hook: %w", err)
 	}
 	if err := b.srv.AddHook(newPacketIDs(cfg.MaxPacketSize), nil); err != nil {
 		return nil, fmt.Errorf("embedded: add packet id hook: %w", err)
 	}
+
 	if cfg.DataDir != "" {
 		st, err := openStore(filepath.Join(cfg.DataDir, "mqtt"), cfg.Logger)
 		if err != nil {
@@ -214,6 +224,9 @@ func (b *Broker) Close(ctx context.Context) error {
 			b.cfg.Logger.Warn("mqtt publish will at close", "err", err)
 		}
 	}
+	if b.pacer != nil {
+		b.pacer.stopped.Store(true) // publishes waiting for a slow client go on
+	}
 	b.pubMu.Lock() // waits for publishes under way
 	b.closed.Store(true)
 	b.pubMu.Unlock()
@@ -264,6 +277,7 @@ type Stats struct {
 	Retained         int64  // retained messages held
 	Dropped          uint64 // messages dropped by inline subscriptions' hand-off queues
 	ClientDropped    int64  // messages dropped for network clients whose write queue was full
+	Paced            uint64 // deliveries that waited for a network client's write queue to drain
 	Refused          uint64 // connections refused by authentication
 }
 
@@ -275,7 +289,15 @@ func (b *Broker) Stats() Stats {
 		Dropped:          b.dropped.Load(),
 		ClientDropped:    atomic.LoadInt64(&b.srv.Info.MessagesDropped),
 		Refused:          b.auth.refused.Load(),
+		Paced:            b.paced(),
 	}
+}
+
+func (b *Broker) paced() uint64 {
+	if b.pacer == nil {
+		return 0
+	}
+	return b.pacer.waits.Load()
 }
 
 // Compile-time check.

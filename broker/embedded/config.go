@@ -13,10 +13,11 @@ const (
 	DefaultAddr                = ":1883"
 	DefaultTLSAddr             = ":8883"
 	DefaultMaxPacketSize       = 256 << 10
-	DefaultClientWritesPending = 1024
+	DefaultClientWritesPending = 256
 	DefaultQueueSize           = 1024
 	DefaultSessionExpiry       = 7 * 24 * time.Hour
 	DefaultConnectTimeout      = 10 * time.Second
+	DefaultWriteTimeout        = 10 * time.Second
 	DefaultBaseTopic           = "spark"
 	DefaultSysTopicInterval    = 30 * time.Second
 )
@@ -70,11 +71,13 @@ type Config struct {
 	// MQTT 5 CONNACK; larger packets from them end their connection.
 	MaxPacketSize int
 
-	// ClientWritesPending is the number of packets queued for one network
-	// client before the broker drops messages for it (mochi's
-	// MaximumClientWritesPending; its default is 8192). It also bounds the
-	// retained messages one SUBSCRIBE can deliver at once to that client.
-	// Default 1024.
+	// ClientWritesPending is the capacity of one network client's write
+	// queue (mochi's MaximumClientWritesPending, allocated at connect: 8
+	// bytes a slot; mochi's default 8192 costs 64 KiB per client). When it is
+	// three quarters full, whoever delivers to that client waits for it to
+	// drain (see pacer), so bursts are not lost; a client that does not
+	// drain it within 5 s has messages dropped (counted in
+	// Stats.ClientDropped) until it catches up. Default 256.
 	ClientWritesPending int
 
 	// QueueSize bounds the hand-off queue of each inline subscription
@@ -90,6 +93,11 @@ type Config struct {
 	// ConnectTimeout bounds the time a new connection has to send CONNECT.
 	// Default 10s.
 	ConnectTimeout time.Duration
+
+	// WriteTimeout bounds one write to a network client; a client that
+	// does not take a packet within it is disconnected as a slow peer.
+	// Default 10s.
+	WriteTimeout time.Duration
 
 	// SysTopicInterval is the period of the $SYS/broker/... statistics
 	// (default 30s; each refresh reads runtime.MemStats).
@@ -141,6 +149,9 @@ func (c Config) withDefaults() Config {
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
 	if c.SysTopicInterval == 0 {
 		c.SysTopicInterval = DefaultSysTopicInterval
 	}
@@ -160,7 +171,7 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: client writes pending %d outside 1..1048576", ErrConfig, c.ClientWritesPending)
 	case c.QueueSize < 1:
 		return fmt.Errorf("%w: queue size %d", ErrConfig, c.QueueSize)
-	case c.SessionExpiry < time.Second || c.ConnectTimeout < 0 || c.SysTopicInterval < time.Second:
+	case c.SessionExpiry < time.Second || c.ConnectTimeout < 0 || c.WriteTimeout < 0 || c.SysTopicInterval < time.Second:
 		return fmt.Errorf("%w: durations out of range", ErrConfig)
 	case !validTopic(c.BaseTopic):
 		return fmt.Errorf("%w: base topic %q", ErrConfig, c.BaseTopic)

@@ -31,6 +31,7 @@ type listener struct {
 	ln             net.Listener
 	log            *slog.Logger
 	connectTimeout time.Duration
+	writeTimeout   time.Duration
 	http           *http.Server // ws only
 	upgrader       websocket.Upgrader
 	anonymous      bool // no users file: refuse cross-origin WebSocket requests
@@ -50,6 +51,7 @@ func newListener(id, proto string, ln net.Listener, cfg Config) *listener {
 		id: id, proto: proto, ln: ln,
 		log:            cfg.Logger,
 		connectTimeout: cfg.ConnectTimeout,
+		writeTimeout:   cfg.WriteTimeout,
 		anonymous:      cfg.UsersFile == "",
 		done:           make(chan struct{}),
 		conns:          map[net.Conn]struct{}{},
@@ -154,7 +156,8 @@ func (l *listener) serveConn(establish listeners.EstablishFn, conn net.Conn) {
 	}()
 	// mochi replaces this deadline by the keepalive one after CONNECT.
 	_ = conn.SetDeadline(time.Now().Add(l.connectTimeout))
-	if err := establish(l.id, conn); err != nil && !isClosedErr(err) {
+	wc := &writeTimeoutConn{Conn: conn, timeout: l.writeTimeout}
+	if err := establish(l.id, wc); err != nil && !isClosedErr(err) {
 		l.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr().String(), "err", err)
 	}
 }
@@ -288,3 +291,24 @@ func (c *wsConn) Write(p []byte) (int, error) {
 
 // Close implements net.Conn.
 func (c *wsConn) Close() error { return c.ws.Close() }
+
+// writeTimeoutConn gives every write its own deadline and closes the
+// connection when one passes. mochi writes under a per-client lock with no
+// deadline but its keepalive one (1.5 × keepalive, refreshed by every read),
+// and takes the same lock to number each QoS 1 delivery: a client that stops
+// reading would hold every publisher to it for that long. Past WriteTimeout
+// it is a slow peer and is disconnected (mochi then publishes its will).
+type writeTimeoutConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+// Write implements net.Conn.
+func (c *writeTimeoutConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		_ = c.Conn.Close() // a partial write has broken the stream anyway
+	}
+	return n, err
+}

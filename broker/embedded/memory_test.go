@@ -1,0 +1,224 @@
+package embedded
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Memory per idle MQTT client. Gated because it opens 2 × n sockets:
+//
+//	ulimit -n 30000
+//	SPARK2MQTT_MEMTEST=10000 go test -run TestIdleClientMemory -v ./broker/embedded
+//	SPARK2MQTT_MEMTEST=10000 SPARK2MQTT_MEMTEST_PENDING=8192 go test -run TestIdleClientMemory -v ./broker/embedded
+//
+// SPARK2MQTT_MEMTEST_CHURN=1 connects every client twice (all connect, all
+// leave, all connect again), so freed memory is reused as in a broker that
+// has run for a while.
+//
+// The broker runs in the test process; the clients run in a child process
+// (this test binary again, in TestMemoryClients), each a TCP connection that
+// sent a minimal CONNECT and got its CONNACK. The figures are the growth of
+// this process's VmRSS (/proc/self/status) and Go heap (HeapInuse after a
+// GC) divided by the number of clients. One setting per process: RSS does not
+// shrink back between settings.
+func TestIdleClientMemory(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("SPARK2MQTT_MEMTEST"))
+	if n == 0 {
+		t.Skip("set SPARK2MQTT_MEMTEST=<clients> (and raise ulimit -n) to measure")
+	}
+	cfg := testConfig()
+	if p, _ := strconv.Atoi(os.Getenv("SPARK2MQTT_MEMTEST_PENDING")); p > 0 {
+		cfg.ClientWritesPending = p
+	}
+	b := startBroker(t, cfg)
+	rss0, heap0, stack0 := memNow(t)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMemoryClients$", "-test.v")
+	cmd.Env = append(os.Environ(), "SPARK2MQTT_MEMCLIENTS="+b.Addr().String()+","+strconv.Itoa(n))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = stdin.Close() // the child exits on EOF
+		_ = cmd.Wait()
+	}()
+	ready := make(chan string, 1)
+	go func() { // ends when the child closes its stdout
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "READY") {
+				ready <- sc.Text()
+			}
+		}
+		close(ready)
+	}()
+	select {
+	case line, ok := <-ready:
+		if !ok {
+			t.Fatal("client process ended before it was ready")
+		}
+		t.Log(line)
+	case <-time.After(5 * time.Minute):
+		t.Fatal("clients not connected after 5 minutes")
+	}
+	waitFor(t, "clients connected", func() bool { return b.Stats().ClientsConnected == int64(n) })
+
+	rss1, heap1, stack1 := memNow(t)
+	perClient := func(a, b uint64) float64 { return (float64(b) - float64(a)) / 1024 / float64(n) }
+	t.Logf("ClientWritesPending=%d clients=%d: RSS %.1f KiB/client (%.1f → %.1f MiB); Go heap in use %.1f KiB/client; goroutine stacks %.1f KiB/client (%d goroutines)",
+		cfg.withDefaults().ClientWritesPending, n,
+		perClient(rss0, rss1), float64(rss0)/(1<<20), float64(rss1)/(1<<20),
+		perClient(heap0, heap1), perClient(stack0, stack1), runtime.NumGoroutine())
+}
+
+func gcRounds() int {
+	n, _ := strconv.Atoi(os.Getenv("GCROUNDS"))
+	return max(n, 1)
+}
+
+// memNow returns VmRSS, the Go heap in use and the goroutine stacks in use,
+// in bytes, after a GC.
+func memNow(t *testing.T) (rss, heap, stack uint64) {
+	t.Helper()
+	for range gcRounds() {
+		runtime.GC()
+	}
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skipf("no /proc/self/status: %v", err)
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb * 1024, ms.HeapInuse, ms.StackInuse
+		}
+	}
+	t.Fatal("no VmRSS line")
+	return 0, 0, 0
+}
+
+// TestMemoryClients is the client process of TestIdleClientMemory: it runs
+// only when SPARK2MQTT_MEMCLIENTS=addr,n is set, connects n idle MQTT
+// clients, prints READY and holds them until stdin closes.
+func TestMemoryClients(t *testing.T) {
+	spec := os.Getenv("SPARK2MQTT_MEMCLIENTS")
+	if spec == "" {
+		t.Skip("the client half of TestIdleClientMemory")
+	}
+	addr, ns, _ := strings.Cut(spec, ",")
+	n, err := strconv.Atoi(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// With churn, every client connects, all disconnect, and all connect
+	// again: the broker's memory is then reused rather than fresh, as in a
+	// broker that has run for a while.
+	rounds := 1
+	if os.Getenv("SPARK2MQTT_MEMTEST_CHURN") != "" {
+		rounds = 2
+	}
+	conns := make([]net.Conn, n)
+	for round := range rounds {
+		if round > 0 {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+			time.Sleep(2 * time.Second) // let the broker see them go
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 1)
+		next := make(chan int)
+		for range 64 {
+			wg.Go(func() {
+				for i := range next {
+					c, err := connectIdle(addr, fmt.Sprintf("idle-%d", i))
+					if err != nil {
+						select {
+						case errs <- err:
+						default:
+						}
+						continue
+					}
+					conns[i] = c
+				}
+			})
+		}
+		for i := range n {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		default:
+		}
+	}
+	fmt.Printf("READY %d clients, %d rounds\n", n, rounds)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+// connectIdle opens a connection and completes an MQTT 3.1.1 CONNECT with
+// a 5-minute keepalive.
+func connectIdle(addr, id string) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, testTimeout)
+	if err != nil {
+		return nil, err
+	}
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: true, Keepalive: 300,
+		},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+		_ = c.Close()
+		return nil, fmt.Errorf("connack %x: %w", ack, err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
