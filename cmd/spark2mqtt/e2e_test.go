@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -234,4 +235,83 @@ func missionStory(t *testing.T, external *string) {
 	if !srv.logged("stopped", nil) {
 		t.Error("no 'stopped' log line at shutdown")
 	}
+}
+
+// TestServeRefusesBadConfig: configuration mistakes stop the start with
+// exit status 2 and a message naming the variable, file and line.
+func TestServeRefusesBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	badDevices := t.TempDir()
+	if err := os.WriteFile(filepath.Join(badDevices, devicesFile), []byte("devices:\n  53ff6b065067544853360187:\n    nmae: heater\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		env  []string
+		want []string
+	}{
+		{"unknown variables", []string{"SPARK2MQTT_DATA_DIR=" + dir, "SPARK2MQTT_POLL_INTERVALL=5s", "SPARK2MQTT_BASETOPIC=x"},
+			[]string{"SPARK2MQTT_BASETOPIC", "SPARK2MQTT_POLL_INTERVALL"}},
+		{"malformed duration", []string{"SPARK2MQTT_DATA_DIR=" + dir, "SPARK2MQTT_QUEUE_TTL=forever"}, []string{"SPARK2MQTT_QUEUE_TTL"}},
+		{"bad external URL", []string{"SPARK2MQTT_DATA_DIR=" + dir, "SPARK2MQTT_MQTT_URL=gopher://x:1"}, []string{"gopher"}},
+		{"devices file with an unknown key", []string{"SPARK2MQTT_DATA_DIR=" + badDevices, "SPARK2MQTT_DEVICE_LISTEN=127.0.0.1:0", "SPARK2MQTT_MQTT_LISTEN=127.0.0.1:0"},
+			[]string{filepath.Join(badDevices, devicesFile), ":3", "nmae"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, stderr, code := runBin(t, tt.env, "serve")
+			if code == 0 {
+				t.Fatalf("exit 0, want a refusal; stderr:\n%s", stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr does not name %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+}
+
+// TestUnknownDeviceRefused: a device without a registered key is refused,
+// and the log line says how to register it.
+func TestUnknownDeviceRefused(t *testing.T) {
+	dataDir := t.TempDir()
+	srv := startServer(t, dataDir)
+	spub := readServerKey(t, dataDir)
+	for _, fw := range []devsim.Firmware{devsim.Core, devsim.Photon08} {
+		id := devsim.FleetID(int(fw))
+		d, err := devsim.New(devsim.Config{Firmware: fw, DeviceID: id, ServerKey: spub})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := d.Dial(ctx, srv.DeviceAddr); err == nil {
+			t.Errorf("%v: the unregistered device was not refused", fw)
+		}
+		cancel()
+		hint := "keys add " + id.String()
+		if fw != devsim.Core {
+			hint = "keys accept " + id.String()
+		}
+		waitFor(t, 10*time.Second, "the refusal log line", func() bool {
+			return srv.logged("device refused", map[string]string{"reason": "unknown_device", "device": id.String()})
+		})
+		srv.mu.Lock()
+		found := false
+		for _, l := range srv.lines {
+			if l["msg"] == "device refused" && l["device"] == id.String() && strings.Contains(fmt.Sprint(l["err"]), hint) {
+				found = true
+			}
+		}
+		srv.mu.Unlock()
+		if !found {
+			t.Errorf("%v: no refusal line with the hint %q", fw, hint)
+		}
+	}
+	// The Photon's offered key waits for the operator.
+	out, _, code := runBin(t, []string{"SPARK2MQTT_DATA_DIR=" + dataDir}, "keys", "list")
+	if code != 0 || !strings.Contains(out, "keys accept "+devsim.FleetID(int(devsim.Photon08)).String()) {
+		t.Errorf("keys list (exit %d) does not show the waiting Photon key:\n%s", code, out)
+	}
+	srv.stop()
 }
