@@ -3,6 +3,7 @@ package hass
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -493,4 +494,31 @@ func TestJinjaString(t *testing.T) {
 			t.Errorf("jinjaString(%q) = %s, want %s", in, got, want)
 		}
 	}
+}
+
+// TestPayloadSize: the largest description a device can give (msg.MaxNames
+// names of 64 bytes, each needing the hex form of its component id) gives
+// a payload well under the embedded broker's default packet limit (256 KiB).
+func TestPayloadSize(t *testing.T) {
+	d := genericCore()
+	d.Functions = nil
+	d.Variables = map[string]msg.VarType{}
+	for i := range msg.MaxNames {
+		name := fmt.Sprintf("%03d-%s", i, strings.Repeat("é", 30)) // 64 bytes, not [A-Za-z0-9_]
+		if i%2 == 0 {
+			d.Functions = append(d.Functions, name)
+		} else {
+			d.Variables[name] = msg.VarString
+		}
+	}
+	disc, warns := build(t, d)
+	if len(warns) != 0 {
+		t.Fatalf("warnings %v", warns)
+	}
+	if n := len(disc.Payload()); n > 192<<10 {
+		t.Errorf("payload of %d bytes for %d names", n, msg.MaxNames)
+	} else {
+		t.Logf("payload of %d bytes for %d names of 64 bytes", n, msg.MaxNames)
+	}
+	checkPayload(t, disc.Payload(), "spark")
 }
