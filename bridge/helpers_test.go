@@ -132,7 +132,7 @@ func (k *keyring) known(id string) bool {
 // 127.0.0.1 and a Bridge between them. Devices are devsim devices dialing
 // the server; the user is a paho client.
 type harness struct {
-	t    *testing.T
+	t    testing.TB
 	brk  *embedded.Broker
 	keys *keyring
 	cfg  Config // template for startBridge
@@ -148,11 +148,12 @@ type harness struct {
 	stopRun     func()
 	bridgeFirst bool
 	wrap        func(*Bridge) coapdev.Handler // optional: the server's handler around the bridge
+	handlerQ    int                           // coapdev.Config.HandlerQueue (0: its default)
 }
 
 // newHarness starts a broker. Call startBridge to start a bridge and
 // server; cleanup stops everything.
-func newHarness(t *testing.T, cfg Config) *harness {
+func newHarness(t testing.TB, cfg Config) *harness {
 	t.Helper()
 	brk, err := embedded.New(embedded.Config{Addr: "127.0.0.1:0", Logger: testLogger(t)})
 	if err != nil {
@@ -217,7 +218,7 @@ func (h *harness) startBridgeWith(beforeRun func()) *Bridge {
 	}
 	srv, err := coapdev.NewServer(coapdev.Config{
 		Keys: h.keys.lookup, ServerKey: key, Handler: handler, Logger: testLogger(t),
-		AppDescribeDelay: 100 * time.Millisecond, Now: cfg.Now,
+		AppDescribeDelay: 100 * time.Millisecond, Now: cfg.Now, HandlerQueue: h.handlerQ,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -389,7 +390,7 @@ func (b *Bridge) isDescribed(id string) bool {
 // user is a paho client playing the user: it records every message under
 // the base topic.
 type user struct {
-	t *testing.T
+	t testing.TB
 	c paho.Client
 
 	mu   sync.Mutex
