@@ -3,10 +3,12 @@ package bridge
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/spark2mqtt/spark2mqtt/broker"
+	"github.com/spark2mqtt/spark2mqtt/coapdev/devsim"
 )
 
 // TestStory is the mission's story against the real broker and a simulated
@@ -144,5 +146,48 @@ func TestReplacedSession(t *testing.T) {
 	}
 	if p, _ := h.retained(topicOf(first.id, "availability")); p != "online" {
 		t.Errorf("retained availability %q, want online", p)
+	}
+}
+
+// TestRepublish: after the broker lost its retained messages (an external
+// broker restarted without persistence), Republish puts the bridge's state
+// back: bridge state, availability, values, held calls, inventory.
+func TestRepublish(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.startBridge()
+	u := h.newUser()
+	_, heater := h.addHeater(heaterID)
+	other := h.addDevice(devsim.Config{DeviceID: testID(2), Functions: []devsim.Function{fn("f", func(context.Context, string) int32 { return 1 })}})
+	heater.connect()
+	u.waitPayload(topicOf(heater.id, "var", "temp"), "48.5")
+	other.connect()
+	other.disconnect()
+	u.waitPayload(topicOf(other.id, "availability"), "offline")
+	u.publish(topicOf(other.id, "fn", "f", "call"), `{"arg":"x","transaction":"p"}`)
+	u.wait(topicOf(other.id, "fn", "f", "result"), func(p string) bool { return strings.Contains(p, `"queued":true`) })
+
+	topics := []string{"spark/bridge/state", "spark/bridge/devices", topicOf(heater.id, "availability"), topicOf(heater.id, "var", "temp"),
+		topicOf(other.id, "availability"), topicOf(other.id, "fn", "f", "pending")}
+	for _, tp := range topics { // the broker forgets
+		h.publishRaw(tp, nil, true)
+		if _, ok := h.retained(tp); ok {
+			t.Fatalf("%s still retained", tp)
+		}
+	}
+	if err := h.br.Republish(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"spark/bridge/state": "online", topicOf(heater.id, "availability"): "online", topicOf(heater.id, "var", "temp"): "48.5",
+		topicOf(other.id, "availability"): "offline",
+	}
+	for _, tp := range topics {
+		p, ok := h.retained(tp)
+		if !ok || (want[tp] != "" && p != want[tp]) {
+			t.Errorf("%s: retained %q, %v; want %q", tp, p, ok, want[tp])
+		}
+	}
+	if p, _ := h.retained(topicOf(other.id, "fn", "f", "pending")); pendingJSON(t, p).Arg != "x" {
+		t.Errorf("pending = %s", p)
 	}
 }

@@ -224,6 +224,18 @@ func TestRestart(t *testing.T) {
 	}
 }
 
+// publishRaw publishes payload through the broker's in-process client.
+func (h *harness) publishRaw(topic string, payload []byte, retain bool) {
+	h.t.Helper()
+	c := h.brk.NewClient()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	defer func() { _ = c.Close(ctx) }()
+	if err := c.Publish(ctx, broker.Message{Topic: topic, Payload: payload, QoS: 1, Retain: retain}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 // publishRetained publishes v as retained JSON through the broker's
 // in-process client (protected topics are writable only in-process).
 func (h *harness) publishRetained(topic string, v any) {
@@ -309,5 +321,30 @@ func TestStopHoldsWaiting(t *testing.T) {
 	dev.connect()
 	if r := u.waitResult(topicOf(id, "fn", "quick", "result"), "q"); r.ReturnValue == nil || *r.ReturnValue != 7 {
 		t.Errorf("quick result = %+v, want 7", r)
+	}
+}
+
+// TestHeldCallWaitsForApplication: a device whose first Describe is empty
+// (AUTOMATIC mode: the cloud connection comes before setup(),
+// spark-protocol.md §2.4) gets its held call only once the application has
+// registered the function, not "unknown function" right after the Hello.
+func TestHeldCallWaitsForApplication(t *testing.T) {
+	for _, fw := range []devsim.Firmware{devsim.Core, devsim.Photon08} {
+		t.Run(fw.String(), func(t *testing.T) {
+			h := newHarness(t, Config{})
+			h.startBridge()
+			u := h.newUser()
+			dev := h.addDevice(devsim.Config{Firmware: fw, DeviceID: testID(2), AppStartDelay: 50 * time.Millisecond, DescribeAtOnceEmpty: true,
+				Functions: []devsim.Function{fn("f", func(context.Context, string) int32 { return 9 })}})
+			u.publish(topicOf(dev.id, "fn", "f", "call"), `{"transaction":"w"}`)
+			u.wait(topicOf(dev.id, "fn", "f", "result"), func(p string) bool { return strings.Contains(p, `"queued":true`) })
+			dev.connect()
+			if r := u.waitResult(topicOf(dev.id, "fn", "f", "result"), "w"); r.ReturnValue == nil || *r.ReturnValue != 9 {
+				t.Errorf("result = %+v, want 9", r)
+			}
+			if d := dev.Stats().Describes; d < 2 {
+				t.Errorf("describes = %d: the empty first answer was not followed by the application's", d)
+			}
+		})
 	}
 }

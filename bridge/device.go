@@ -108,11 +108,11 @@ type dev struct {
 	id    string
 	topic string // the level D: the configured name, else the id
 
-	// pubMu serialises the publishes of this device's call state (its
-	// fn/NAME/result and fn/NAME/pending topics) so the broker sees them in
-	// the order of the state changes. It is held across Publish: the one
-	// lock the bridge holds across I/O, and only ever for this device's own
-	// call-state publishes. Lock order: pubMu before mu.
+	// pubMu serialises the publishes of this device's retained state (its
+	// availability, var/NAME, fn/NAME/result and fn/NAME/pending topics) so
+	// the broker sees them in the order of the state changes. It is held
+	// across Publish: the one lock the bridge holds across I/O, and only ever
+	// for this device's own publishes. Lock order: pubMu before mu.
 	pubMu sync.Mutex
 	// Guarded by pubMu.
 	pendingOwner map[string]*call // fn → the call whose pending message is retained

@@ -125,7 +125,9 @@
 // Locks, in order: Bridge.mu (the device map and run state) before dev.mu
 // (one device's state: session, calls, cache); dev.pubMu before dev.mu.
 // Bridge.mu and dev.pubMu are never held together. dev.pubMu serialises the
-// publishes of one device's retained call state and availability, so the
-// broker sees them in the order of the state changes; it is the only lock
-// held across a Publish. No lock is held across a device request.
+// publishes of one device's retained state (availability, values, results,
+// pending), so the broker sees them in the order of the state changes,
+// also when Republish (after a broker reconnect) runs at the same time; it
+// is the only lock held across a Publish. No lock is held across a device
+// request.
 package bridge

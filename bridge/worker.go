@@ -461,7 +461,9 @@ func (b *Bridge) read(d *dev, s *session, name string, forced bool) {
 	}
 	if publish {
 		b.stats.varPublishes.Add(1)
+		d.pubMu.Lock()
 		_ = b.publish(b.stopCtx, b.t.variable(d.topic, name), []byte(text), true)
+		d.pubMu.Unlock()
 	}
 	b.respondVar(b.stopCtx, name, rs, text, "")
 }
