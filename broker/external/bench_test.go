@@ -106,13 +106,15 @@ func (p pahoPub) publish(topic string, qos byte, b []byte) error {
 }
 
 func benchIface(b *testing.B, mq *mosquittotest.Broker, topic string, qos byte, lat *latencies) publisher {
+	// Keep-alive as the plain paho clients have it (30 s).
 	cfg, _ := testConfig(b, mq.URL)
-	cfg.QueueSize = 1 << 16
+	cfg.QueueSize, cfg.KeepAlive = 1<<16, 30*time.Second
 	sub := dial(b, cfg)
 	if _, err := sub.Subscribe(ctxT(b), topic, qos, func(m broker.Message) { lat.record(m.Payload) }); err != nil {
 		b.Fatal(err)
 	}
 	pcfg, _ := testConfig(b, mq.URL)
+	pcfg.KeepAlive = 30 * time.Second
 	return ifacePub{dial(b, pcfg)}
 }
 

@@ -438,7 +438,8 @@ func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h broke
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
-		_ = c.unsubscribe(context.Background(), s)
+		// Withdraw it; the UNSUBSCRIBE is handed to paho but not waited for.
+		_ = c.unsubscribe(ctx, s)
 		return nil, fmt.Errorf("external: subscribe %q: %w", filter, ctx.Err())
 	}
 	if tok.Error() != nil {

@@ -79,8 +79,9 @@ type Config struct {
 	// ignored.
 	Will *broker.Message
 
-	// KeepAlive is the MQTT keep-alive interval (PINGREQ when idle). A dead
-	// connection is noticed after at most KeepAlive plus half of it.
+	// KeepAlive is the MQTT keep-alive interval (PINGREQ when nothing was
+	// received for that long). A dead connection is noticed after at most
+	// twice KeepAlive: one interval of silence, one more for the PINGRESP.
 	KeepAlive time.Duration
 	// ConnectTimeout bounds one connection attempt (dial, TLS, CONNECT ↔
 	// CONNACK) and waits for SUBACKs after a reconnect; it is also the write

@@ -146,7 +146,10 @@ func (c *Client) connect(ctx context.Context) (paho.Client, chan error, bool, er
 	o.SetConnectRetry(false)
 	o.SetResumeSubs(false)
 	o.SetKeepAlive(c.cfg.KeepAlive)
-	o.SetPingTimeout(max(c.cfg.KeepAlive/2, time.Second))
+	// A PINGRESP may queue behind a flood the broker is still working
+	// through: give it a whole keep-alive interval, as the broker gives us
+	// one and a half [MQTT-3.1.2-24].
+	o.SetPingTimeout(max(c.cfg.KeepAlive, time.Second))
 	o.SetConnectTimeout(c.cfg.ConnectTimeout)
 	o.SetWriteTimeout(c.cfg.ConnectTimeout)
 	// Handlers run on paho's router goroutine in order; ours (route) only

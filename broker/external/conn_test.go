@@ -844,3 +844,21 @@ func TestSilentDeath(t *testing.T) {
 		t.Errorf("got %s %q", m.Topic, m.Payload)
 	}
 }
+
+// TestSubscribeContext: a SUBACK that never comes ends with the caller's
+// ctx, and the subscription is withdrawn.
+func TestSubscribeContext(t *testing.T) {
+	f := newFakeBroker(t, ignoreSubscriptions)
+	cfg, _ := testConfig(t, "tcp://"+f.addr)
+	c := dial(t, cfg)
+	_, err := c.Subscribe(shortCtx(t, 100*time.Millisecond), "never/acked", 1, func(broker.Message) {})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Subscribe: got %v, want DeadlineExceeded", err)
+	}
+	c.mu.Lock()
+	n, nf := len(c.subs), len(c.filters)
+	c.mu.Unlock()
+	if n != 0 || nf != 0 {
+		t.Errorf("%d subscriptions and %d filters left registered", n, nf)
+	}
+}

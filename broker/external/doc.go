@@ -34,7 +34,9 @@
 // or a persistent session (Config.PersistentSession), where re-subscribing
 // is harmless (the broker re-sends the retained messages, which handlers see
 // with Retain set). Relying on the broker's session alone would silently
-// lose every subscription the first time the broker loses its state.
+// lose every subscription the first time the broker loses its state. With a
+// persistent session, a filter unsubscribed while the broker was away is
+// unsubscribed at the next connect, so the broker stops queueing for it.
 //
 // paho's router calls our one default handler on its goroutine, in order
 // (OrderMatters stays true). That handler only matches the topic against the
@@ -52,8 +54,11 @@
 // A QoS 1 (or 2) Publish while the broker is away is appended to a bounded
 // buffer (Config.BufferSize) and Publish returns nil: that nil is a promise
 // that the message will be sent after the reconnect, at least once, in
-// publish order. Messages in flight when a connection fails are put back at
-// the front of the buffer. After each connect, once the subscriptions are
+// publish order. When a connection fails, the buffered messages it had in
+// flight go back to the front of the buffer, and a message whose direct
+// Publish was waiting for its PUBACK goes to the back (that Publish had not
+// returned, so it has no order relative to what was buffered meanwhile) and
+// its Publish returns nil. After each connect, once the subscriptions are
 // restored, the buffer is sent oldest first; new publishes queue behind it
 // until it is empty, so a newer value never overtakes an older one.
 //

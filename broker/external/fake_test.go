@@ -122,3 +122,21 @@ func refuseSubscriptions(c net.Conn, r *bufio.Reader) {
 		}
 	}
 }
+
+// ignoreSubscriptions accepts the connection and never answers SUBSCRIBE.
+func ignoreSubscriptions(c net.Conn, r *bufio.Reader) {
+	for {
+		h, _, err := readPacket(r)
+		if err != nil {
+			return
+		}
+		switch h >> 4 {
+		case 1:
+			_, _ = c.Write([]byte{0x20, 2, 0, 0})
+		case 12:
+			_, _ = c.Write([]byte{0xd0, 0})
+		case 14:
+			return
+		}
+	}
+}
