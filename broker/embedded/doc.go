@@ -18,6 +18,17 @@
 // special in-process: there is no connection to lose, so the Broker
 // publishes Config.Will at Start and at Close (see Config.Will).
 //
+// mochi (v2.7.9) needed help in four places, each in its own file: its
+// storage hook leaks a goroutine and persists inline subscriptions (store.go
+// replaces it); it shares one packet-identifier space between client and
+// server, refusing a client's SUBSCRIBE that collides with a delivery in
+// flight, and does not announce its maximum packet size (packetid.go); it
+// drops deliveries to a client whose small write queue is full, QoS 1
+// included, and lets a client that stops reading hold publishers for 1.5 ×
+// keepalive (pacer.go, and writeTimeoutConn in listener.go); its inline
+// subscriptions miss the parent level of "a/#" (client.go). One limitation
+// stays: a network client's "a/+/#" does not match "a/b".
+//
 // Concurrency: Broker and Client are safe for concurrent use. mochi calls
 // inline subscription callbacks on the publishing goroutine (a network
 // client's read loop, or a caller of Client.Publish); each subscription
