@@ -161,9 +161,9 @@ func missionStory(t *testing.T, external *string) {
 
 	// The device comes online and its temperature appears, retained.
 	w.wait(0, base+"/availability", 15*time.Second, equals("online"))
-	if !srv.logged("session started", map[string]string{"device": heaterID}) {
-		t.Errorf("no 'session started' log line with the device id")
-	}
+	waitFor(t, 10*time.Second, "a 'session started' log line with the device id", func() bool {
+		return srv.logged("session started", map[string]string{"device": heaterID})
+	})
 	mk := w.mark()
 	w.publish(base+"/var/temp/get", "", false)
 	w.wait(mk, base+"/var/temp", 15*time.Second, positiveNumber)
