@@ -156,6 +156,11 @@ func marshal(v any) []byte {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
+// Identifier is the identifier of device id in Home Assistant's device
+// registry (the `identifiers` of the `device` mapping): the bridge
+// recognises its own retained configs by it.
+func Identifier(id string) string { return "spark2mqtt_" + id }
+
 // ConfigTopic returns the device discovery topic of device id.
 func ConfigTopic(prefix, id string) string { return prefix + "/device/" + id + "/config" }
 
@@ -335,7 +340,7 @@ func (b *builder) maxArg() int {
 // device builds the `device` mapping.
 func (b *builder) device(cfg *DeviceConfig) map[string]any {
 	dev := map[string]any{
-		"identifiers":   []any{"spark2mqtt_" + b.d.ID},
+		"identifiers":   []any{Identifier(b.d.ID)},
 		"serial_number": b.d.ID,
 	}
 	switch {
