@@ -12,8 +12,8 @@ import (
 // or one log line; nothing else is affected: the heater keeps working.
 func TestBadInput(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	heater, dev := h.addHeater(heaterID)
 	dev.connect()
 	id := dev.id
@@ -99,8 +99,8 @@ func TestBadInput(t *testing.T) {
 // live; a restarted bridge sees it retained and does not run it again.
 func TestRetainedCommandIgnored(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	_, dev := h.addHeater(heaterID)
 	dev.connect()
 	tok := u.c.Publish(topicOf(dev.id, "fn", "heater"), 1, true, "on")
@@ -121,8 +121,8 @@ func TestRetainedCommandIgnored(t *testing.T) {
 // against its last description.
 func TestHeldCallUnknownFunction(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	dev := h.addDevice(devsim.Config{DeviceID: testID(2), Functions: []devsim.Function{fn("f", func(context.Context, string) int32 { return 1 })}})
 	dev.connect()
 	dev.disconnect()

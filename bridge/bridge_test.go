@@ -16,8 +16,8 @@ import (
 // device goes away.
 func TestStory(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	heater, dev := h.addHeater(heaterID)
 	id := dev.id
 
@@ -122,8 +122,8 @@ func TestResponseTopic(t *testing.T) {
 // session wins, availability ends online, calls go to the new session.
 func TestReplacedSession(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	_, first := h.addHeater(heaterID)
 	heater2, second := h.addHeater(heaterID) // a second simulator with the same id and key
 	first.connect()
@@ -154,8 +154,8 @@ func TestReplacedSession(t *testing.T) {
 // back: bridge state, availability, values, held calls, inventory.
 func TestRepublish(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	_, heater := h.addHeater(heaterID)
 	other := h.addDevice(devsim.Config{DeviceID: testID(2), Functions: []devsim.Function{fn("f", func(context.Context, string) int32 { return 1 })}})
 	heater.connect()

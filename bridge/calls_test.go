@@ -30,8 +30,8 @@ func pendingJSON(t testing.TB, p string) pendingCall {
 // and then its result is published and the pending message cleared.
 func TestHeldCall(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	heater, dev := h.addHeater(heaterID)
 	id := dev.id
 	res, pend := topicOf(id, "fn", "heater", "result"), topicOf(id, "fn", "heater", "pending")
@@ -78,8 +78,8 @@ func TestHeldCall(t *testing.T) {
 // older gets "superseded".
 func TestHeldCallsOrder(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	var mu sync.Mutex
 	var order []string
 	rec := func(name string) func(context.Context, string) int32 {
@@ -129,8 +129,8 @@ func TestHeldCallsOrder(t *testing.T) {
 func TestHeldCallExpires(t *testing.T) {
 	clock := newFakeClock()
 	h := newHarness(t, Config{Now: clock.Now, ExpiryCheck: 5 * time.Millisecond})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	_, dev := h.addHeater(heaterID)
 	id := dev.id
 	res, pend := topicOf(id, "fn", "heater", "result"), topicOf(id, "fn", "heater", "pending")
@@ -258,8 +258,8 @@ func (h *harness) publishRetained(topic string, v any) {
 // and a call waiting behind it is held and delivered after the reconnect.
 func TestDisconnectDuringCall(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	started := make(chan struct{}, 1)
 	dev := h.addDevice(devsim.Config{DeviceID: testID(2), Functions: []devsim.Function{
 		fn("slow", func(ctx context.Context, _ string) int32 { started <- struct{}{}; <-ctx.Done(); return 0 }),
@@ -286,8 +286,8 @@ func TestDisconnectDuringCall(t *testing.T) {
 // (retained pending), not lost; the next bridge delivers them.
 func TestStopHoldsWaiting(t *testing.T) {
 	h := newHarness(t, Config{ShutdownTimeout: 200 * time.Millisecond, CallTimeout: 100 * time.Millisecond})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
 	dev := h.addDevice(devsim.Config{DeviceID: testID(2), Functions: []devsim.Function{

@@ -205,6 +205,8 @@ func (p *dfParser) poll(n *yaml.Node, where string) (time.Duration, error) {
 	return d, nil
 }
 
+// parse walks the document. Top-level sections other than devices (for
+// example defaults for Home Assistant) are added to its table.
 func (p *dfParser) parse(doc *yaml.Node, df *DevicesFile) error {
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 		return nil
@@ -219,6 +221,10 @@ func (p *dfParser) parse(doc *yaml.Node, df *DevicesFile) error {
 	})
 }
 
+// device parses one entry under devices. Its keys are the table below; a
+// new per-device section (issue 5: Home Assistant entities) is one more
+// entry that fills a new DeviceConfig field, parsed with p.mapping so its
+// own unknown keys are errors with their line too.
 func (p *dfParser) device(k, v *yaml.Node, df *DevicesFile) error {
 	id, err := parseID(k.Value)
 	if err != nil {

@@ -63,8 +63,8 @@ func (h *harness) waitSubscribed(d *device, name string) {
 // devices whose prefix matches; system events stay inside.
 func TestEvents(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	a, aIn := h.subscribedDevice(2, "shared", "spark")
 	b, bIn := h.subscribedDevice(3, "shared")
 	c, cIn := h.subscribedDevice(4, "foo")
@@ -113,8 +113,8 @@ func TestEvents(t *testing.T) {
 // TestSystemEventsFlag: with SystemEvents on they are published too.
 func TestSystemEventsFlag(t *testing.T) {
 	h := newHarness(t, Config{SystemEvents: true})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	d := h.addDevice(devsim.Config{DeviceID: testID(2)})
 	d.connect()
 	if err := d.Publish(context.Background(), "spark/device/last_reset", []byte("pin_reset"), 60, true); err != nil {

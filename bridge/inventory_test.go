@@ -28,8 +28,8 @@ func TestInventoryGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newHarness(t, Config{Now: clock.Now, Devices: df, InventoryDelay: 1})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	_, heater := h.addHeater(heaterID)
 	photon := h.addDevice(devsim.Config{Firmware: devsim.Photon08, DeviceID: testID(2),
 		Variables: []devsim.Variable{intVar("count", func() int32 { return 3 })}})
@@ -70,8 +70,8 @@ func TestNamedDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newHarness(t, Config{Devices: df})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	heater, dev := h.addHeater(heaterID)
 	dev.connect()
 	u.waitPayload("spark/heater/availability", "online")

@@ -18,8 +18,8 @@ import (
 // arrive, so they all wait for the same read.
 func TestGetsJoin(t *testing.T) {
 	h := newHarness(t, Config{PollInterval: time.Hour})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
 	var value atomic.Int32
@@ -87,8 +87,8 @@ devices:
 		t.Fatal(err)
 	}
 	h := newHarness(t, Config{Now: clock.Now, Devices: df})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	var v atomic.Int32
 	dev := h.addDevice(devsim.Config{DeviceID: testID(2), Variables: []devsim.Variable{intVar("v", v.Load), intVar("quiet", v.Load)}})
 	id := dev.id
@@ -139,8 +139,8 @@ func (b *Bridge) kickAll() {
 // TestSignal: spark/D/signal on/off reaches the device.
 func TestSignal(t *testing.T) {
 	h := newHarness(t, Config{})
-	h.startBridge()
 	u := h.newUser()
+	h.startBridge()
 	got := make(chan bool, 4)
 	dev := h.addDevice(devsim.Config{DeviceID: testID(2), OnSignal: func(on bool) { got <- on }})
 	dev.connect()
