@@ -83,10 +83,9 @@ func New(cfg Config) (*Bridge, error) {
 	}
 	b.lim.interval = 10 * time.Second
 	b.lim.now = cfg.Now
-	for id, dc := range cfg.Devices.Devices {
+	for id := range cfg.Devices.Devices {
 		d := newDev(id, b.topicFor(id))
 		d.listed = true
-		_ = dc
 		b.devs[id] = d
 	}
 	return b, nil

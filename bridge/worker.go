@@ -33,7 +33,7 @@ func (b *Bridge) runWorker(d *dev, s *session) {
 		d.pubMu.Lock()
 		_ = b.publish(pubCtx, b.t.availability(d.topic), []byte("online"), true)
 		d.pubMu.Unlock()
-		b.log.Info("device online", "device", d.id, "topic", d.topic, "remote", s.info.Remote)
+		b.log.Debug("device announced", "device", d.id, "topic", d.topic, "remote", s.info.Remote)
 	}
 	synced := b.synced
 	turn := 0
@@ -108,7 +108,7 @@ func (b *Bridge) workerExit(ctx context.Context, d *dev, s *session) {
 	}
 	d.pubMu.Unlock()
 	b.kickInventory()
-	b.log.Info("device offline", "device", d.id, "topic", d.topic)
+	b.log.Debug("device announced offline", "device", d.id, "topic", d.topic)
 }
 
 // Kinds of work a worker rotates through, so a flood of one kind cannot
