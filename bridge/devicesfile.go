@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/spark2mqtt/spark2mqtt/bridge/hass"
 )
 
 // PollOff as a poll interval turns polling off (values are read on `get`
@@ -37,6 +39,8 @@ const maxDevicesFile = 1 << 20
 //	        poll: 10s
 //	      state:
 //	        poll: "off"
+//	    homeassistant:           # Home Assistant entities (package hass)
+//	      ...
 //
 // A DevicesFile is immutable after loading and safe for concurrent use; a
 // nil *DevicesFile is an empty one.
@@ -60,6 +64,9 @@ type DeviceConfig struct {
 	Poll time.Duration
 	// Variables holds per-variable settings by variable name.
 	Variables map[string]VariableConfig
+	// HomeAssistant is the device's `homeassistant:` section (entities and
+	// discovery settings, parsed by hass.ParseNode); nil when absent.
+	HomeAssistant *hass.DeviceConfig
 	// Line is the line of the entry in the file, for messages.
 	Line int
 }
@@ -254,6 +261,14 @@ func (p *dfParser) device(k, v *yaml.Node, df *DevicesFile) error {
 			d, err := p.poll(v, where+": poll")
 			dc.Poll = d
 			return err
+		},
+		"homeassistant": func(k, v *yaml.Node) error {
+			hc, err := hass.ParseNode(p.file, where, v)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrDevicesFile, err)
+			}
+			dc.HomeAssistant = hc
+			return nil
 		},
 		"variables": func(k, v *yaml.Node) error {
 			return p.mapping(v, where+": variables", map[string]func(k, v *yaml.Node) error{

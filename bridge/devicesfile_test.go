@@ -72,7 +72,7 @@ func TestDevicesFileErrors(t *testing.T) {
 	}{
 		{"unknown top key", "device:\n  x: 1\n", `devices.yaml:1: top level: unknown key "device" (known: devices)`},
 		{"unknown device key", "devices:\n  0123456789abcdef01234567:\n    nmae: heater\n",
-			`devices.yaml:3: device 0123456789abcdef01234567: unknown key "nmae" (known: name, poll, variables)`},
+			`devices.yaml:3: device 0123456789abcdef01234567: unknown key "nmae" (known: homeassistant, name, poll, variables)`},
 		{"unknown variable key", "devices:\n  0123456789abcdef01234567:\n    variables:\n      temp:\n        pol: 1s\n",
 			`devices.yaml:5: device 0123456789abcdef01234567: variable temp: unknown key "pol" (known: poll)`},
 		{"bad id", "devices:\n  heater:\n    name: x\n", `devices.yaml:2: devices: key "heater" is not a device id (24 hex digits)`},
@@ -96,6 +96,8 @@ func TestDevicesFileErrors(t *testing.T) {
 		{"alias value", "devices:\n  0123456789abcdef01234567: &a {}\n  76543210fedcba9876543210: *a\n", `aliases are not supported`},
 		{"syntax", "devices: [\n", `devices.yaml: yaml:`},
 		{"two documents", "devices: {}\n---\ndevices: {}\n", `devices.yaml:2: more than one YAML document`},
+		{"bad homeassistant section", "devices:\n  0123456789abcdef01234567:\n    homeassistant:\n      nope: 1\n",
+			`devices.yaml:4: device 0123456789abcdef01234567: homeassistant: unknown key "nope"`},
 		{"bad variable name", "devices:\n  0123456789abcdef01234567:\n    variables:\n      'a#':\n", `variable "a#"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,4 +178,21 @@ func FuzzDevicesFile(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestExampleDevicesFile: the example shipped in deploy/ loads, Home
+// Assistant section included.
+func TestExampleDevicesFile(t *testing.T) {
+	df, err := LoadDevicesFile(filepath.Join("..", "deploy", "devices.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := df.ID("heater")
+	if !ok {
+		t.Fatal("no device named heater")
+	}
+	dc := df.Devices[id]
+	if dc.HomeAssistant == nil || dc.Poll != 30*time.Second || dc.Variables["temp"].Poll != 10*time.Second {
+		t.Errorf("heater entry = %+v", dc)
+	}
 }
