@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -175,7 +176,8 @@ func newHarness(t testing.TB, cfg Config) *harness {
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
 		if err := brk.Close(ctx); err != nil {
-			t.Error(err)
+			buf := make([]byte, 1<<20)
+			t.Errorf("%v; goroutines:\n%s", err, buf[:runtime.Stack(buf, true)])
 		}
 	})
 	return h
@@ -436,6 +438,13 @@ func (h *harness) newUser(filters ...string) *user {
 			t.Fatalf("paho subscribe: %v", tok.Error())
 		}
 	}
+	// mochi sends the SUBACK before it scans the retained messages, and
+	// that scan races with retained publishes (see /work/plan/bridge-notes.md,
+	// item 6). A round trip through the same connection waits it out: the
+	// broker handles one client's packets in order.
+	syncTopic := fmt.Sprintf("%s/zz-sync-%d", strings.TrimSuffix(filters[0], "/#"), markerSeq.Add(1))
+	u.publish(syncTopic, "")
+	u.wait(syncTopic, nil)
 	return u
 }
 
