@@ -315,3 +315,41 @@ func TestUnknownDeviceRefused(t *testing.T) {
 	}
 	srv.stop()
 }
+
+// TestExternalBrokerLosesState: the external broker dies and comes back
+// without its retained messages (no persistence); spark2mqtt reconnects by
+// itself and puts its state back: bridge online, the device online, its
+// values.
+func TestExternalBrokerLosesState(t *testing.T) {
+	mq := mosquittotest.Start(t, mosquittotest.Options{})
+	dataDir := t.TempDir()
+	srv := startServer(t, dataDir, "SPARK2MQTT_MQTT_URL="+mq.URL)
+	base := "spark/" + heaterID
+	w := newWatcher(t, mq.Addr, "spark/#")
+	heater := newSimHeater(t, dataDir)
+	heater.connect(srv.DeviceAddr)
+	w.wait(0, base+"/availability", 15*time.Second, equals("online"))
+	w.publish(base+"/var/temp/get", "", false)
+	w.wait(0, base+"/var/temp", 15*time.Second, positiveNumber)
+	w.client.Disconnect(0)
+
+	mq.Kill()
+	mq.Restart()
+	for topic, want := range map[string]func(string) bool{
+		"spark/bridge/state":   equals("online"),
+		base + "/availability": equals("online"),
+		base + "/var/temp":     positiveNumber,
+	} {
+		var got string
+		waitFor(t, 30*time.Second, "retained "+topic+" back after the broker restart", func() bool {
+			got = retained(t, mq.Addr, topic, 500*time.Millisecond)
+			return want(got)
+		})
+	}
+	// Commands work again without anyone restarting spark2mqtt.
+	w = newWatcher(t, mq.Addr, base+"/fn/heater/result")
+	mk := w.mark()
+	w.publish(base+"/fn/heater", "on", false)
+	w.wait(mk, base+"/fn/heater/result", 15*time.Second, hasResult("return_value", 1))
+	srv.stop()
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/spark2mqtt/spark2mqtt/bridge"
@@ -80,7 +81,22 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	}
 
 	will := broker.Message{Topic: c.BaseTopic + "/bridge/state", Payload: []byte("offline"), QoS: 1, Retain: true}
-	mb, err := startBroker(c, log, &will)
+	// The external client reconnects on its own; after each connect the
+	// bridge puts back its retained state (the broker published our will,
+	// and may have lost everything if it restarted without persistence).
+	var running atomic.Pointer[bridge.Bridge]
+	onConnect := func() {
+		br := running.Load()
+		if br == nil {
+			return // Run publishes the state when it starts
+		}
+		rctx, cancel := context.WithTimeout(context.Background(), c.ShutdownTimeout)
+		defer cancel()
+		if err := br.Republish(rctx); err != nil {
+			log.Warn("republish after broker reconnect", "err", err)
+		}
+	}
+	mb, err := startBroker(c, log, &will, onConnect)
 	if err != nil {
 		return err
 	}
@@ -106,6 +122,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	running.Store(br)
 	srv, err := coapdev.NewServer(coapdev.Config{
 		Keys:             lookupWithHint(store),
 		ServerKey:        priv,
@@ -141,7 +158,7 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 	var bridgeErr error
 	select {
 	case bridgeErr = <-bridgeDone:
-	case <-time.After(c.ShutdownTimeout):
+	case <-time.After(c.ShutdownTimeout + 2*time.Second): // the bridge bounds its own stop by ShutdownTimeout
 		bridgeErr = errors.New("bridge did not stop within the shutdown timeout")
 	}
 	if ctx.Err() == nil {
@@ -186,7 +203,7 @@ func known(store *keys.Store, id string) bool {
 
 // startBroker starts the embedded broker, or connects to the external one
 // named by MQTT_URL (retrying in the background until it is reachable).
-func startBroker(c config, log *slog.Logger, will *broker.Message) (*mqttBroker, error) {
+func startBroker(c config, log *slog.Logger, will *broker.Message, onConnect func()) (*mqttBroker, error) {
 	if c.MQTTURL == "" {
 		eb, err := embedded.New(embedded.Config{
 			Addr:          c.MQTTListen,
@@ -227,8 +244,12 @@ func startBroker(c config, log *slog.Logger, will *broker.Message) (*mqttBroker,
 		CertFile:           c.MQTTClientCert,
 		KeyFile:            c.MQTTClientKey,
 		InsecureSkipVerify: c.MQTTInsecureSkipVerify,
-		Will:               will,
-		Logger:             log.With("component", "mqtt"),
+		// A persistent session: commands published with QoS 1 while
+		// spark2mqtt is away are queued by the broker and run when it is back.
+		PersistentSession: c.MQTTClientID != "",
+		Will:              will,
+		OnConnect:         onConnect,
+		Logger:            log.With("component", "mqtt"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: external broker: %w", errConfig, err)
