@@ -48,6 +48,8 @@ type Bridge struct {
 
 	workers sync.WaitGroup // device workers; Add only under mu while stateRunning
 
+	disco *discovery // Home Assistant discovery (discovery.go); immutable pointer
+
 	onlineDirty atomic.Bool // a session started or ended since the last snapshot
 	onlineSnap  []onlineDev // owned by the event loop (events.go)
 
@@ -80,6 +82,7 @@ func New(cfg Config) (*Bridge, error) {
 		synced:    make(chan struct{}),
 		ready:     make(chan struct{}),
 		devs:      map[string]*dev{},
+		disco:     newDiscovery(),
 	}
 	b.lim.interval = 10 * time.Second
 	b.lim.now = cfg.Now
@@ -134,6 +137,9 @@ func (b *Bridge) Run(ctx context.Context) error {
 	dispatcher.Go(func() { b.dispatch(stopCtx, stopDispatch) })
 	loops.Go(func() { b.eventLoop(stopCtx, stopEvents) })
 	loops.Go(func() { b.housekeeping(stopCtx, stopHouse) })
+	if b.cfg.Discovery {
+		loops.Go(func() { b.discoveryLoop(stopCtx, stopHouse) })
+	}
 
 	unsubs, err := b.start(ctx)
 	if err == nil {
@@ -196,10 +202,21 @@ func (b *Bridge) start(ctx context.Context) (unsubs []func(context.Context) erro
 	}
 	b.unsubscribe(restore)
 
+	type sub struct {
+		filter string
+		h      broker.Handler
+	}
+	cmds := []sub{}
 	for _, f := range []string{b.t.filterCall(), b.t.filterCallJSON(), b.t.filterGet(), b.t.filterSignal(), b.t.filterEvents()} {
-		u, err := b.cfg.Client.Subscribe(ctx, f, 1, b.onMessage)
+		cmds = append(cmds, sub{f, b.onMessage})
+	}
+	if b.cfg.Discovery {
+		cmds = append(cmds, sub{b.t.filterRemove(), b.onMessage}, sub{b.cfg.DiscoveryPrefix + "/status", b.onHAStatus})
+	}
+	for _, c := range cmds {
+		u, err := b.cfg.Client.Subscribe(ctx, c.filter, 1, c.h)
 		if err != nil {
-			return unsubs, fmt.Errorf("bridge: subscribe %s: %w", f, err)
+			return unsubs, fmt.Errorf("bridge: subscribe %s: %w", c.filter, err)
 		}
 		unsubs = append(unsubs, u)
 	}
@@ -294,6 +311,7 @@ func (b *Bridge) DeviceOnline(d Device, info DeviceInfo) {
 	}
 	dv.mu.Unlock()
 	b.kickInventory()
+	b.discoveryRenew(id)
 	b.log.Debug("device online", "device", id, "remote", info.Remote)
 }
 

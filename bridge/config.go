@@ -24,6 +24,13 @@ const (
 	DefaultInboundQueue    = 8192
 	DefaultEventQueue      = 8192
 
+	// DefaultDiscoveryPrefix is Home Assistant's default discovery prefix.
+	DefaultDiscoveryPrefix = "homeassistant"
+	// DefaultDiscoveryDelayMin and DefaultDiscoveryDelayMax bound the random
+	// delay between Home Assistant's "online" and the re-announcement.
+	DefaultDiscoveryDelayMin = time.Second
+	DefaultDiscoveryDelayMax = 5 * time.Second
+
 	// MinPollInterval is the shortest poll interval accepted, in the
 	// Config and in the devices file: a Core handles one request at a time.
 	MinPollInterval = time.Second
@@ -61,6 +68,18 @@ type Config struct {
 	// with "spark" or "particle") on spark/D/event/... too. Off by default:
 	// they are protocol housekeeping, and the original cloud swallowed them.
 	SystemEvents bool
+	// Discovery publishes Home Assistant MQTT discovery for the devices
+	// (package hass; off in a zero Config, on by default in cmd).
+	Discovery bool
+	// DiscoveryPrefix is Home Assistant's discovery prefix
+	// ("homeassistant"): configs go to <prefix>/device/<id>/config, and
+	// <prefix>/status "online" makes the bridge announce them again.
+	DiscoveryPrefix string
+	// DiscoveryDelayMin and DiscoveryDelayMax bound the random delay of the
+	// re-announcement after Home Assistant says "online" (1 s and 5 s).
+	DiscoveryDelayMin, DiscoveryDelayMax time.Duration
+	// Version is spark2mqtt's version, named in the discovery's origin.
+	Version string
 	// Logger receives the bridge's logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -106,6 +125,12 @@ func (c Config) withDefaults() Config {
 	setDur(&c.PublishTimeout, DefaultPublishTimeout)
 	setDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDur(&c.SyncTimeout, DefaultSyncTimeout)
+	if c.DiscoveryPrefix == "" {
+		c.DiscoveryPrefix = DefaultDiscoveryPrefix
+	}
+	if c.DiscoveryDelayMin == 0 && c.DiscoveryDelayMax == 0 {
+		c.DiscoveryDelayMin, c.DiscoveryDelayMax = DefaultDiscoveryDelayMin, DefaultDiscoveryDelayMax
+	}
 	if c.InboundQueue == 0 {
 		c.InboundQueue = DefaultInboundQueue
 	}
@@ -152,6 +177,12 @@ func (c Config) validate() error {
 	}
 	if c.InboundQueue < 0 || c.EventQueue < 0 {
 		return fmt.Errorf("%w: negative queue size", ErrConfig)
+	}
+	if err := validBaseTopic(c.DiscoveryPrefix); err != nil {
+		return fmt.Errorf("%w: DiscoveryPrefix: %w", ErrConfig, err)
+	}
+	if c.DiscoveryDelayMin < 0 || c.DiscoveryDelayMax < c.DiscoveryDelayMin {
+		return fmt.Errorf("%w: DiscoveryDelayMin %v and DiscoveryDelayMax %v: want 0 <= min <= max", ErrConfig, c.DiscoveryDelayMin, c.DiscoveryDelayMax)
 	}
 	return nil
 }

@@ -339,6 +339,18 @@ func (f *DevicesFile) Name(id string) string {
 	return ""
 }
 
+// HomeAssistant returns the `homeassistant:` section of device id, nil
+// when it has none.
+func (f *DevicesFile) HomeAssistant(id string) *hass.DeviceConfig {
+	if f == nil {
+		return nil
+	}
+	if dc := f.Devices[id]; dc != nil {
+		return dc.HomeAssistant
+	}
+	return nil
+}
+
 // ID returns the device id configured with name.
 func (f *DevicesFile) ID(name string) (string, bool) {
 	if f == nil {

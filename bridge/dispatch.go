@@ -125,6 +125,8 @@ func (b *Bridge) handle(ctx context.Context, r *restorer, in inbound) {
 		b.acceptGet(ctx, in)
 	case routeSignal:
 		b.acceptSignal(in)
+	case routeRemove:
+		b.acceptRemove(ctx, in)
 	case routeEvent:
 		b.stats.eventsFromMQTT.Add(1)
 		b.enqueueEvent(eventItem{e: mqttEvent(in.name, in.payload)})

@@ -1,7 +1,8 @@
 // Package bridge maps device sessions to MQTT: the topic layout, the
 // variable cache and polling, function calls with their per-device queue
 // and the calls held for offline devices, events in both directions, the
-// device inventory and the devices file.
+// device inventory, the devices file and Home Assistant discovery (whose
+// payloads package bridge/hass builds).
 //
 // It owns none of the transports: devices come in through the narrow Device
 // interface (a *coapdev.Session behind NewDevice, fed by the coapdev.Handler
@@ -23,6 +24,9 @@
 //	spark/D/event/NAME...          out  device events, raw data, QoS 1, not retained
 //	spark/events/NAME...           in   event for every online device subscribed to NAME
 //	spark/D/signal                 in   on/off (also 1/0, true/false)
+//	spark/D/remove                 in   remove the device from Home Assistant (Config.Discovery)
+//	homeassistant/device/ID/config out  Home Assistant discovery config (package hass), retained
+//	homeassistant/status           in   Home Assistant's birth: "online" → announce again
 //
 // Commands are accepted on the id as well as on the name; everything the
 // bridge publishes uses D. Commands that arrive retained are ignored (they
@@ -107,6 +111,27 @@
 // device whose subscription prefix matches NAME. Device events go through a
 // bounded queue that drops the oldest when full (counted).
 //
+// # Home Assistant discovery
+//
+// With Config.Discovery the bridge announces each device to Home Assistant
+// (one retained device-based config per device, built by package hass from
+// its description, hello and devices-file section) once its application
+// description is known, and again after a Describe that changed it; an
+// unchanged config is not published again. A component whose function or
+// variable disappeared is removed (published once as a platform-only stub,
+// then left out). At start the retained configs are read back, so this
+// also holds across restarts. When Home Assistant publishes "online" on
+// <prefix>/status every announced device is published again after a
+// random DiscoveryDelayMin–Max; however many such messages arrive while one
+// re-announcement is pending, there is one. Republish re-announces at once.
+// A request on spark/D/remove (D a name or an id, even of a device the
+// bridge never saw; not retained) publishes the empty retained config,
+// which deletes the device in Home Assistant, and keeps it unannounced
+// until its next session. An MQTT 5 request gets {"device","removed"} or
+// {"device","error"} on its response topic. A declared entity that names
+// a function or variable the device lacks is logged (Warn, once per
+// build that changes the warnings) and left out.
+//
 // # Concurrency
 //
 // Goroutines, all owned by Run and ended before it returns:
@@ -117,6 +142,9 @@
 //   - the event loop: publishes device events and delivers events to
 //     devices;
 //   - housekeeping: debounced inventory, expiry of held calls;
+//   - with Config.Discovery, the discovery loop (discovery.go): the only
+//     publisher of the discovery configs; others hand it requests under
+//     discovery.mu and a cap-1 kick channel, never blocking;
 //   - one worker per online device session: the only goroutine that sends
 //     requests to that device (describe, calls, reads, signal), so at most
 //     one is in flight per device; it exits when the session ends or Run
@@ -129,5 +157,5 @@
 // pending), so the broker sees them in the order of the state changes,
 // also when Republish (after a broker reconnect) runs at the same time; it
 // is the only lock held across a Publish. No lock is held across a device
-// request.
+// request. discovery.mu is a leaf: nothing else is locked while it is held.
 package bridge

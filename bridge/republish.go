@@ -10,7 +10,9 @@ import (
 
 // Republish publishes the bridge's retained state again: bridge/state
 // online, the inventory, every known device's availability, the cached
-// variable values and the held calls. cmd calls it from the external
+// variable values and the held calls; with Config.Discovery it also asks
+// for every Home Assistant discovery config to be published again. cmd
+// calls it from the external
 // broker client's OnConnect, so a broker that lost its retained messages
 // (restarted without persistence) gets them back. It blocks until done or
 // ctx ends and returns the first publish error. Before Run is ready, and
@@ -43,6 +45,7 @@ func (b *Bridge) Republish(ctx context.Context) error {
 		keep(b.republishDev(ctx, d))
 	}
 	b.publishInventory(ctx)
+	b.reannounceNow()
 	return errors.Join(errs...)
 }
 

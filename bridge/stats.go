@@ -36,6 +36,11 @@ type Stats struct {
 	Invalid       uint64 // inbound messages ignored as invalid (one log line each, rate limited)
 	PublishErrors uint64 // failed publishes
 	Restored      uint64 // held calls rebuilt from retained pending messages
+
+	// Home Assistant discovery.
+	DiscoveryPublishes   uint64 // discovery configs published (announcements, updates, removals)
+	DiscoveryReannounces uint64 // re-announcements of every device (Home Assistant online, Republish)
+	DiscoveryRemovals    uint64 // devices removed from Home Assistant on request
 }
 
 // counters are the live counters behind Stats.
@@ -44,6 +49,7 @@ type counters struct {
 	gets, getsJoined, reads, readErrors, polls, varPublishes, describes                         atomic.Uint64
 	eventsIn, eventsOut, eventsSystem, eventsFromMQTT, eventsToDevices, eventsDropped           atomic.Uint64
 	signals, dropped, invalid, publishErrors, restored                                          atomic.Uint64
+	discoveryPublishes, discoveryReannounces, discoveryRemovals                                 atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters. It is safe to call at any time
@@ -62,5 +68,7 @@ func (b *Bridge) Stats() Stats {
 		EventsDropped: c.eventsDropped.Load(),
 		Signals:       c.signals.Load(), Dropped: c.dropped.Load(), Invalid: c.invalid.Load(),
 		PublishErrors: c.publishErrors.Load(), Restored: c.restored.Load(),
+		DiscoveryPublishes: c.discoveryPublishes.Load(), DiscoveryReannounces: c.discoveryReannounces.Load(),
+		DiscoveryRemovals: c.discoveryRemovals.Load(),
 	}
 }

@@ -21,6 +21,7 @@ const (
 	lvlCall         = "call"
 	lvlResult       = "result"
 	lvlPending      = "pending"
+	lvlRemove       = "remove"
 )
 
 // maxLevel bounds one topic level we build from a device name, a function,
@@ -99,6 +100,7 @@ func (t topics) filterSignal() string       { return t.join("+", lvlSignal) }
 func (t topics) filterEvents() string       { return t.join(lvlEvents, "#") }
 func (t topics) filterPending() string      { return t.join("+", lvlFn, "+", lvlPending) }
 func (t topics) filterAvailability() string { return t.join("+", lvlAvailability) }
+func (t topics) filterRemove() string       { return t.join("+", lvlRemove) }
 
 // route is what an inbound topic asks for.
 type route uint8
@@ -113,6 +115,7 @@ const (
 	routePending            // base/D/fn/NAME/pending: retained held call (start only)
 	routeAvailability       // base/D/availability: retained (start only)
 	routeInventory          // base/bridge/devices: retained (start only)
+	routeRemove             // base/D/remove: remove the device from Home Assistant
 )
 
 func (r route) String() string {
@@ -133,6 +136,8 @@ func (r route) String() string {
 		return "availability"
 	case routeInventory:
 		return "inventory"
+	case routeRemove:
+		return "remove"
 	}
 	return "none"
 }
@@ -170,6 +175,8 @@ func (t topics) parse(topic string) (r route, d, name string) {
 		return routeSignal, d, ""
 	case len(lv) == 2 && lv[1] == lvlAvailability:
 		return routeAvailability, d, ""
+	case len(lv) == 2 && lv[1] == lvlRemove:
+		return routeRemove, d, ""
 	case len(lv) == 3 && lv[1] == lvlFn:
 		return routeCall, d, lv[2]
 	case len(lv) == 4 && lv[1] == lvlFn && lv[3] == lvlCall:

@@ -21,6 +21,9 @@ func TestParseTopic(t *testing.T) {
 			{"heater/var/temp/get", routeGet, "heater", "temp"},
 			{"heater/signal", routeSignal, "heater", ""},
 			{"heater/availability", routeAvailability, "heater", ""},
+			{"heater/remove", routeRemove, "heater", ""},
+			{"bridge/remove", routeNone, "", ""},
+			{"heater/remove/x", routeNone, "", ""},
 			{"bridge/devices", routeInventory, "", ""},
 			{"events/a/b/c", routeEvent, "", "a/b/c"},
 			{"events/a//b", routeEvent, "", "a//b"},
@@ -84,7 +87,7 @@ func TestIsSystemEvent(t *testing.T) {
 // topic from valid parts.
 func FuzzTopic(f *testing.F) {
 	for _, s := range []string{"spark/heater/fn/heater", "spark/heater/fn/heater/call", "spark/x/var/t/get",
-		"spark/events/a/b", "spark/bridge/devices", "spark/d/signal", "spark/d/fn/f/pending", "spark/d/availability", "spark//fn/x"} {
+		"spark/events/a/b", "spark/bridge/devices", "spark/d/signal", "spark/d/fn/f/pending", "spark/d/availability", "spark//fn/x", "spark/d/remove"} {
 		f.Add(s)
 	}
 	tp := topics{base: "spark"}
@@ -108,6 +111,8 @@ func FuzzTopic(f *testing.F) {
 			rebuilt = tp.availability(d)
 		case routeInventory:
 			rebuilt = tp.inventory()
+		case routeRemove:
+			rebuilt = tp.join(d, lvlRemove)
 		case routeEvent:
 			if validEventName(name) != nil {
 				t.Fatalf("event %q accepted", name)

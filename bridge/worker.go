@@ -254,6 +254,9 @@ func (b *Bridge) described(d *dev, s *session, desc msg.Description) {
 	b.syncVarsLocked(d, desc, now)
 	d.mu.Unlock()
 	s.kick()
+	// Every application description (the session's first and the changed
+	// ones) rebuilds the discovery config; it is published if it changed.
+	b.kickDiscovery(d.id)
 	if !changed {
 		return
 	}
