@@ -34,8 +34,8 @@ type config struct {
 	MQTTTLSListen          string `envconfig:"MQTT_TLS_LISTEN" default:":8883" desc:"embedded broker: MQTT-over-TLS listen address (used with MQTT_TLS_CERT and MQTT_TLS_KEY)"`
 	MQTTTLSKey             string `envconfig:"MQTT_TLS_KEY" desc:"embedded broker: TLS private key file (PEM)"`
 	MQTTUsersFile          string `envconfig:"MQTT_USERS_FILE" desc:"embedded broker: users and topic ACLs (YAML); empty = anonymous clients from loopback only"`
-	MQTTUsername           string `envconfig:"MQTT_USERNAME" desc:"external broker: user name"`
-	MQTTPassword           string `envconfig:"MQTT_PASSWORD" desc:"external broker: password"`
+	MQTTUsername           string `envconfig:"MQTT_USERNAME" desc:"external broker: user name (also the login of spark2mqtt devices to the embedded broker when it has a users file)"`
+	MQTTPassword           string `envconfig:"MQTT_PASSWORD" desc:"external broker: password (also for spark2mqtt devices, as MQTT_USERNAME)"`
 	MQTTPasswordFile       string `envconfig:"MQTT_PASSWORD_FILE" desc:"external broker: file holding the password (instead of MQTT_PASSWORD)"`
 	MQTTClientID           string `envconfig:"MQTT_CLIENT_ID" default:"spark2mqtt" desc:"external broker: MQTT client id"`
 	MQTTCAFile             string `envconfig:"MQTT_CA_FILE" desc:"external broker: CA certificates (PEM) to verify the broker"`

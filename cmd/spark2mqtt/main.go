@@ -4,6 +4,7 @@
 //	spark2mqtt [serve]        run the device server and the MQTT bridge (default)
 //	spark2mqtt keys ...       server key export and device key registration
 //	spark2mqtt simulate ...   run simulated devices against a server
+//	spark2mqtt devices ...    remove a device from Home Assistant
 //	spark2mqtt password       hash a password for the embedded broker's users file
 //	spark2mqtt version        print the version
 //
@@ -36,7 +37,7 @@ func main() {
 // success, 2 for usage and configuration errors, 1 otherwise.
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "serve" || args[0] == "keys" || args[0] == "simulate" || args[0] == "version" || args[0] == "password" ||
+	if len(args) > 0 && (args[0] == "serve" || args[0] == "keys" || args[0] == "simulate" || args[0] == "version" || args[0] == "password" || args[0] == "devices" ||
 		args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
 		cmd, args = args[0], args[1:]
 	}
@@ -48,6 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runKeys(args, stdout, stderr)
 	case "simulate":
 		err = withSignals(func(ctx context.Context) error { return runSimulate(ctx, args, stdout, stderr) })
+	case "devices":
+		err = withSignals(func(ctx context.Context) error { return runDevices(ctx, args, stdout, stderr) })
 	case "version":
 		fmt.Fprintln(stdout, "spark2mqtt", version)
 	case "password":
@@ -58,6 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
   spark2mqtt [serve] [--help]   run the device server and the MQTT bridge
   spark2mqtt keys ...           server key export and device key registration
   spark2mqtt simulate ...       run simulated devices (spark2mqtt simulate --help)
+  spark2mqtt devices remove ID  remove a device from Home Assistant (spark2mqtt devices --help)
   spark2mqtt password           read a password on stdin, print its bcrypt hash for the users file
   spark2mqtt version            print the version
 `)

@@ -116,6 +116,9 @@ func serve(ctx context.Context, c config, log *slog.Logger) error {
 		QueueTTL:        c.QueueTTL,
 		Devices:         devices,
 		Known:           func(id string) bool { return known(store, id) },
+		Discovery:       c.HADiscovery,
+		DiscoveryPrefix: c.HAPrefix,
+		Version:         version,
 		Logger:          log.With("component", "bridge"),
 		ShutdownTimeout: c.ShutdownTimeout,
 	})
