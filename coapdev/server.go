@@ -190,7 +190,10 @@ func (g *gatedConn) Read(p []byte) (int, error) {
 	g.n += n
 	if err == nil && !g.held && g.n >= handshake.Block2Size {
 		if werr := g.acquire(); werr != nil {
-			return n, werr
+			// Report no bytes: io.ReadFull drops an error that comes with
+			// the bytes completing its read, and the RSA work would then run
+			// without a slot.
+			return 0, werr
 		}
 	}
 	return n, err
