@@ -10,6 +10,7 @@ import (
 
 	"github.com/spark2mqtt/spark2mqtt/coapdev/devsim"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/msg"
+	"github.com/spark2mqtt/spark2mqtt/internal/mosquittotest"
 )
 
 // haConfigTopic is the simulated heater's Home Assistant discovery topic.
@@ -268,4 +269,38 @@ func TestServeRefusesBadHomeAssistantSection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHomeAssistantDiscoveryRestartMosquitto: with spark2mqtt as a client
+// of a real Mosquitto, a variable the firmware dropped while spark2mqtt was
+// stopped is still removed from Home Assistant after the restart (the
+// retained config is read back at start).
+func TestHomeAssistantDiscoveryRestartMosquitto(t *testing.T) {
+	mq := mosquittotest.Start(t, mosquittotest.Options{})
+	env := []string{"SPARK2MQTT_MQTT_URL=tcp://" + mq.Addr}
+	dataDir := t.TempDir()
+	srv := startServer(t, dataDir, env...)
+	w := newWatcher(t, mq.Addr, "homeassistant/#")
+	heater := newSimHeater(t, dataDir)
+	heater.connect(srv.DeviceAddr)
+	w.wait(0, haConfigTopic, 20*time.Second, hasComponents("var_temp", "var_state"))
+	srv.stop()
+
+	h := heater.heater
+	h.Device().SetVariables([]devsim.Variable{{Name: "temp", Type: msg.VarDouble, Get: func() msg.Value {
+		return msg.Value{Type: msg.VarDouble, Double: h.Temp()}
+	}}})
+	heater.disconnect()
+	mk := w.mark()
+	srv = startServer(t, dataDir, env...)
+	heater.connect(srv.DeviceAddr)
+	w.wait(mk, haConfigTopic, 20*time.Second, func(p string) bool { return components(p)["var_state"] == "removed sensor" })
+	final := w.wait(mk, haConfigTopic, 10*time.Second, func(p string) bool {
+		c := components(p)
+		return c != nil && c["var_state"] == "" && c["var_temp"] == "sensor"
+	})
+	if got := retained(t, mq.Addr, haConfigTopic, 5*time.Second); got != final.Payload {
+		t.Errorf("retained config %q, want the one without var_state", got)
+	}
+	srv.stop()
 }
