@@ -428,3 +428,29 @@ func TestRemoveRetainedIgnored(t *testing.T) {
 		t.Error("config removed by a retained request")
 	}
 }
+
+// TestDiscoveryRepublish: Republish (after a reconnect to a broker that
+// may have lost its retained messages) publishes every config again at
+// once.
+func TestDiscoveryRepublish(t *testing.T) {
+	h := newHarness(t, discoveryConfig())
+	u := h.newUser("homeassistant/#")
+	br := h.startBridge()
+	dev := genericDevice(h, 6)
+	dev.connect()
+	topic := configTopic(dev.id)
+	first := u.wait(topic, hasComponent("var_temp"))
+	n := u.count(topic, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := br.Republish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the config again", func() bool { return u.count(topic, nil) == n+1 })
+	if last, _ := u.last(topic); last.payload != first.payload {
+		t.Errorf("republished %q, want the same config", last.payload)
+	}
+	if got := br.Stats().DiscoveryReannounces; got != 1 {
+		t.Errorf("%d re-announcements, want 1", got)
+	}
+}
