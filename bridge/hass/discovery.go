@@ -91,6 +91,7 @@ type Warning struct {
 	Msg string
 }
 
+// String is the warning for a log line: "entity KEY (line N): MSG".
 func (w Warning) String() string {
 	if w.Entity == "" {
 		return w.Msg

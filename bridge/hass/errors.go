@@ -31,6 +31,7 @@ type Error struct {
 	Msg string
 }
 
+// Error returns "file:line: what".
 func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg) }
 
 // Unwrap returns ErrSection.
