@@ -39,6 +39,8 @@ type auth struct {
 	log       *slog.Logger
 	key       [32]byte // HMAC key of the verified-password cache
 
+	retain *retainGuard // nil: retained scans unguarded; set by New before the hook is added
+
 	// verified caches the HMAC of each user's last accepted password, so a
 	// reconnecting client costs a hash, not a bcrypt (~50 ms of CPU).
 	// Guarded by mu.
@@ -134,6 +136,7 @@ func (a *auth) refuse(cl *mqtt.Client, reason string) {
 func (a *auth) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	ok := a.allowed(cl, topic, write)
 	if ok && !write {
+		a.retain.pause(cl) // never wait holding mochi's index lock (retainlock.go)
 		a.pace.wait(cl)
 	}
 	return ok

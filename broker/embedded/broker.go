@@ -33,6 +33,7 @@ type Broker struct {
 	store     *store // nil without DataDir
 	pacer     *pacer // nil when mochi's queue length cannot be read
 	listeners map[string]*listener
+	retain    *retainGuard // unbound when mochi's index lock cannot be found
 
 	nextSubID atomic.Int64  // mochi inline subscription ids
 	dropped   atomic.Uint64 // hand-off drops of every Client
@@ -95,10 +96,11 @@ func New(cfg Config) (*Broker, error) {
 	b := &Broker{
 		cfg:       cfg,
 		listeners: map[string]*listener{},
+		retain:    newRetainGuard(),
 	}
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
-		Logger:                 slog.New(quietHandler{cfg.Logger.Handler()}),
+		Logger:                 slog.New(retainLogHook{quietHandler{cfg.Logger.Handler()}, b.retain}),
 		SysTopicResendInterval: int64(cfg.SysTopicInterval.Seconds()),
 	})
 	b.inline = b.srv.NewClient(nil, mqtt.LocalListener, "spark2mqtt-inline", true)
@@ -113,6 +115,14 @@ func New(cfg Config) (*Broker, error) {
 		cfg.Logger.Warn("mqtt write queues not paced: this mochi version hides their length; bursts over the client writes pending may be dropped")
 	}
 	b.auth = newAuth(users, cfg.ProtectedTopics, b.pacer, cfg.Logger)
+	if b.retain.bind(b.srv.Topics) {
+		b.auth.retain = b.retain
+		if err := b.srv.AddHook(b.retain, nil); err != nil {
+			return nil, fmt.Errorf("embedded: add retained scans hook: %w", err)
+		}
+	} else {
+		cfg.Logger.Warn("mqtt retained scans not guarded: this mochi version hides its topic index lock; a retained publish during a wildcard subscribe is a data race")
+	}
 	if err := b.srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("embedded: add auth hook: %w", err)
 	}

@@ -130,7 +130,7 @@ func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h broke
 	}
 	seen := map[string]bool{}
 	for _, f := range s.filters() {
-		for _, pk := range c.b.srv.Topics.Messages(f) {
+		for _, pk := range c.b.retained(f) {
 			if !seen[pk.TopicName] {
 				seen[pk.TopicName] = true
 				s.enqueueLocked(message(pk, qos, true))

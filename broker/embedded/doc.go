@@ -18,7 +18,7 @@
 // special in-process: there is no connection to lose, so the Broker
 // publishes Config.Will at Start and at Close (see Config.Will).
 //
-// mochi (v2.7.9) needed help in four places, each in its own file: its
+// mochi (v2.7.9) needed help in five places, each in its own file: its
 // storage hook leaks a goroutine and persists inline subscriptions (store.go
 // replaces it); it shares one packet-identifier space between client and
 // server, refusing a client's SUBSCRIBE that collides with a delivery in
@@ -26,7 +26,9 @@
 // drops deliveries to a client whose small write queue is full, QoS 1
 // included, and lets a client that stops reading hold publishers for 1.5 ×
 // keepalive (pacer.go, and writeTimeoutConn in listener.go); its inline
-// subscriptions miss the parent level of "a/#" (client.go). One limitation
+// subscriptions miss the parent level of "a/#" (client.go); it scans its
+// topic index for the retained messages of a wildcard subscription without
+// the lock its writers hold, a data race (retainlock.go). One limitation
 // stays: a network client's "a/+/#" does not match "a/b".
 //
 // Concurrency: Broker and Client are safe for concurrent use. mochi calls
@@ -37,6 +39,9 @@
 // its own subscription dropped messages (oldest first, counted) and never
 // stalls the broker or other subscriptions. Client.Close waits for those
 // goroutines; Broker.Close waits for every listener goroutine and network
-// connection. Lock order: Client.mu before subscription.mu; mochi's own
-// locks are never held when a subscription lock is taken by a publisher.
+// connection. Lock order: Client.mu before subscription.mu before mochi's
+// topic index lock, which is taken around every retained scan, inline or
+// for a network client's SUBSCRIBE, and never held across a wait
+// (retainlock.go); mochi's own locks are never held when a subscription
+// lock is taken by a publisher.
 package embedded
