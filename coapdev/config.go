@@ -54,6 +54,21 @@ type DescribeHandler interface {
 	Described(s *Session, d msg.Description)
 }
 
+// SubscribeHandler is an optional interface of a Handler, for one that
+// keeps an index of subscriptions instead of asking every session
+// (Session.Subscribed) for every event. Subscribed reports a subscription
+// the session is about to record. Unlike the Handler's methods it is called
+// synchronously, on the session's read loop, before Session.Subscribed and
+// Session.Subscriptions report the subscription and before the device gets
+// its ACK: so it must only record and return, never block or call the
+// session. It may come before the session's SessionStarted has been
+// delivered, and always comes before its SessionEnded. Refused
+// subscriptions (the firehose, a repeat, over the per-session limit) are
+// not reported. A session's subscriptions last as long as it does.
+type SubscribeHandler interface {
+	Subscribed(s *Session, sub msg.Subscription)
+}
+
 // Config configures a Server. The zero value of every field but Keys and
 // ServerKey is usable.
 type Config struct {

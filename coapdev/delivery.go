@@ -32,10 +32,11 @@ type item struct {
 type delivery struct {
 	mu sync.Mutex
 	// Guarded by mu.
-	q       []item
-	events  int  // items of kind itemEvent in q
-	running bool // a drain goroutine runs; it alone pops
-	closed  bool // itemEnded was pushed; later pushes are ignored
+	q       []item  // FIFO; starts on one, so a lone event needs no allocation
+	one     [1]item // q's first backing array
+	events  int     // items of kind itemEvent in q
+	running bool    // a drain goroutine runs; it alone pops
+	closed  bool    // itemEnded was pushed; later pushes are ignored
 	// ended is closed by the drain goroutine once SessionEnded returned.
 	ended chan struct{}
 }
@@ -81,7 +82,7 @@ func (s *Session) drain() {
 		d.mu.Lock()
 		if len(d.q) == 0 {
 			d.running = false
-			d.q = nil // an idle session keeps no queue memory
+			d.q = d.one[:0] // an idle session keeps no other queue memory
 			d.mu.Unlock()
 			return
 		}

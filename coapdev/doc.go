@@ -48,8 +48,10 @@
 // the outbound cipher and IV chain and is the only writer; everyone else
 // enqueues plaintext CoAP on a bounded queue. Handler calls go through a
 // bounded per-session queue and a delivery goroutine that runs only while
-// the queue is not empty, so a slow Handler never stalls a session.
-// Asynchronous timeouts (Describe, idle ping, application describe) are
+// the queue is not empty, so a slow Handler never stalls a session. The
+// one exception is the optional SubscribeHandler, called on the read loop
+// itself, so that a Handler's index of subscriptions is never behind
+// Session.Subscribed. Asynchronous timeouts (Describe, idle ping, application describe) are
 // time.AfterFunc timers, stopped when the session ends.
 //
 // Locks: Server.mu guards the session registry; Session.mu guards the

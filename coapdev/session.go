@@ -94,6 +94,7 @@ type Session struct {
 	srv    *Server
 	conn   net.Conn
 	id     keys.DeviceID
+	idText string // id.String(), once: a Handler asks for it with every event
 	kind   handshake.Kind
 	limits Limits
 	outMax int                // largest S→D frame (ciphertext bytes)
@@ -170,6 +171,7 @@ func newSession(srv *Server, conn net.Conn, hs *handshake.Session, log *slog.Log
 		srv:    srv,
 		conn:   conn,
 		id:     hs.DeviceID,
+		idText: hs.DeviceID.String(),
 		kind:   hs.Kind,
 		limits: limitsFor(hs.Kind),
 		// spark-protocol.md §3: keep S→D frames ≤ 640 for both kinds.
@@ -184,12 +186,16 @@ func newSession(srv *Server, conn net.Conn, hs *handshake.Session, log *slog.Log
 		wiv:    hs.IV,
 	}
 	s.dlv.ended = make(chan struct{})
+	s.dlv.q = s.dlv.one[:0]
 	s.nextID = srv.newMsgID()
 	return s
 }
 
 // ID returns the device id.
 func (s *Session) ID() keys.DeviceID { return s.id }
+
+// IDString returns ID().String() without allocating.
+func (s *Session) IDString() string { return s.idText }
 
 // Remote returns the device's address.
 func (s *Session) Remote() net.Addr { return s.conn.RemoteAddr() }
@@ -280,7 +286,7 @@ func (s *Session) begin() bool {
 	}
 	s.start = time.Now()
 	s.srv.stats.handshakesOK.Add(1)
-	s.log = s.log.With("device", s.id.String())
+	s.log = s.log.With("device", s.idText)
 	s.lastRx.Store(time.Now().UnixNano())
 
 	// The session is proven (§7.3): it replaces any older one and starts.

@@ -867,3 +867,49 @@ func TestCallBeforeApplication(t *testing.T) {
 		t.Fatalf("Call = %d, %v", r.v, r.err)
 	}
 }
+
+// subRecorder is a recorder that is also a SubscribeHandler.
+type subRecorder struct {
+	*recorder
+	mu   sync.Mutex
+	subs []msg.Subscription
+	seen []bool // whether Session.Subscribed already reported each one
+}
+
+func (r *subRecorder) Subscribed(s *Session, sub msg.Subscription) {
+	seen := s.Subscribed(sub.Prefix)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.subs = append(r.subs, sub)
+	r.seen = append(r.seen, seen)
+}
+
+// TestSubscribeHandler: a SubscribeHandler learns of each subscription
+// once, before Session.Subscribed reports it, and never of a refused one.
+func TestSubscribeHandler(t *testing.T) {
+	sr := &subRecorder{}
+	ts := startServer(t, func(c *Config) { sr.recorder = c.Handler.(*recorder); c.Handler = sr })
+	d := dialDevice(t, ts, testID(1), handshake.Photon)
+	s := d.start(ts, heaterJSON) // subscribed to "app/"
+	d.subscribe("heater/")
+	// A repeat is not recorded again, the firehose is refused.
+	d.subscribe("heater/")
+	d.send(msg.Message{Type: msg.Confirmable, Code: msg.GET, ID: d.next(), Path: []string{"e"}})
+	if a := d.expect(msg.KindEmptyAck); a.ID != d.id {
+		t.Fatalf("ack %+v", a)
+	}
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
+	want := []msg.Subscription{{Prefix: "app/"}, {Prefix: "heater/"}}
+	if diff := cmp.Diff(want, sr.subs); diff != "" {
+		t.Errorf("reported subscriptions (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(want, s.Subscriptions()); diff != "" {
+		t.Errorf("session subscriptions (-want +got):\n%s", diff)
+	}
+	for i, seen := range sr.seen {
+		if seen {
+			t.Errorf("subscription %d: Session.Subscribed reported it before the handler heard of it", i)
+		}
+	}
+}

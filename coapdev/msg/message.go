@@ -3,6 +3,7 @@ package msg
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -56,6 +57,9 @@ type Message struct {
 // IsEmpty reports whether m has code 0.00 (a ping or an empty ACK/RST).
 func (m Message) IsEmpty() bool { return m.Code == Empty }
 
+// optionsPool holds the small option arrays of Decode.
+var optionsPool = sync.Pool{New: func() any { return new([8]message.Option) }}
+
 // Decode parses one CoAP message (the unpadded plaintext of a frame) with
 // go-coap's udp/coder codec.
 //
@@ -77,8 +81,14 @@ func Decode(b []byte) (Message, error) {
 	if len(b) > MaxSize {
 		return Message{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
 	}
-	// Most messages have at most 4 options: try a small array first.
-	var arr [8]message.Option
+	// Most messages have at most 4 options: try a small array first. go-coap
+	// keeps its options slice beyond the stack's reach, so the array comes
+	// from a pool (nothing of it outlives this call: values alias b).
+	arr := optionsPool.Get().(*[8]message.Option)
+	defer func() {
+		clear(arr[:])
+		optionsPool.Put(arr)
+	}()
 	cm := message.Message{Options: arr[:0]}
 	_, err := coder.DefaultCoder.Decode(b, &cm)
 	if errors.Is(err, message.ErrOptionsTooSmall) {

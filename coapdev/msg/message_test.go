@@ -325,3 +325,33 @@ func TestCodeAndTypeString(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeEventAllocs: decoding a device event allocates only its Path
+// (the slice and the name segment), not go-coap's option array: this runs
+// once per device event.
+func TestDecodeEventAllocs(t *testing.T) {
+	b, err := NewEventFromDevice(NonConfirmable, 7, "temperature", []byte("48.5"), 60, false).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := testing.AllocsPerRun(100, func() {
+		if _, err := Decode(b); err != nil {
+			t.Fatal(err)
+		}
+	}); a > 2 {
+		t.Errorf("Decode of an event: %v allocations, want at most 2", a)
+	}
+}
+
+func BenchmarkDecodeEvent(b *testing.B) {
+	m, err := NewEventFromDevice(NonConfirmable, 7, "temperature", []byte("48.5"), 60, false).Encode()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
