@@ -53,6 +53,7 @@ type Fleet struct {
 	devs []*Device
 
 	connected atomic.Int64
+	failed    atomic.Int64 // connection attempts that ended before the device was up
 	allOnce   sync.Once
 	allUp     chan struct{} // closed the first time every device is connected; never reopened
 }
@@ -126,6 +127,11 @@ func (f *Fleet) Provision(store *keys.Store) error {
 // Connected returns how many devices are connected now.
 func (f *Fleet) Connected() int { return int(f.connected.Load()) }
 
+// Failed returns how many connection attempts ended before their device
+// was up: refused, timed out, or dropped during the handshake or the Hello
+// exchange (not counting attempts cut short by Run's ctx).
+func (f *Fleet) Failed() int { return int(f.failed.Load()) }
+
 // AllConnected returns a channel closed the first time every device of the
 // fleet is connected at once.
 func (f *Fleet) AllConnected() <-chan struct{} { return f.allUp }
@@ -168,6 +174,8 @@ func (f *Fleet) runDevice(ctx context.Context, d *Device, sem chan struct{}) {
 		release()
 		if up.Load() {
 			f.connected.Add(-1)
+		} else if ctx.Err() == nil {
+			f.failed.Add(1)
 		}
 		if ctx.Err() != nil || f.cfg.RetryDelay < 0 {
 			return

@@ -178,6 +178,9 @@ func TestFleet(t *testing.T) {
 	if got := f.Connected(); got != n {
 		t.Errorf("Connected: got %d, want %d", got, n)
 	}
+	if got := f.Failed(); got != 0 {
+		t.Errorf("Failed: got %d, want 0", got)
+	}
 
 	// The server drops everyone: every device comes back.
 	cloud.dropAll()
@@ -201,6 +204,35 @@ func TestFleet(t *testing.T) {
 	}
 	if got := f.Connected(); got != 0 {
 		t.Errorf("Connected after Run: got %d, want 0", got)
+	}
+}
+
+// TestFleetFailed: attempts that end before the device is up (here the
+// server refuses the connection) are counted, and retried.
+func TestFleetFailed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now: every dial is refused
+	f, err := NewFleet(FleetConfig{
+		Addr: addr, Count: 2, RetryDelay: time.Millisecond,
+		Config: func(int) Config { return Config{Firmware: Photon08, ServerKey: &serverKey(t).PublicKey} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	waitFor(t, "failed attempts counted", func() bool { return f.Failed() >= 4 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := f.Connected(); got != 0 {
+		t.Errorf("Connected: got %d, want 0", got)
 	}
 }
 
