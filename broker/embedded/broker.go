@@ -106,7 +106,7 @@ func New(cfg Config) (*Broker, error) {
 	b.inline = b.srv.NewClient(nil, mqtt.LocalListener, "spark2mqtt-inline", true)
 	b.inline.Properties.ProtocolVersion = 5 // so MQTT 5 properties are kept
 
-	if p, ok := newPacer(cfg.ClientWritesPending, cfg.WriteTimeout/2, cfg.Logger); ok {
+	if p, ok := newPacer(cfg.ClientWritesPending, int(caps.MaximumInflight), cfg.WriteTimeout/2, cfg.Logger); ok {
 		b.pacer = p
 		if err := b.srv.AddHook(p, nil); err != nil {
 			return nil, fmt.Errorf("embedded: add pacer hook: %w", err)
@@ -235,7 +235,7 @@ func (b *Broker) Close(ctx context.Context) error {
 		}
 	}
 	if b.pacer != nil {
-		b.pacer.stopped.Store(true) // publishes waiting for a slow client go on
+		b.pacer.close() // publishes waiting for a slow client go on
 	}
 	b.pubMu.Lock() // waits for publishes under way
 	b.closed.Store(true)
@@ -286,8 +286,8 @@ type Stats struct {
 	ClientsConnected int64  // network clients connected now
 	Retained         int64  // retained messages held
 	Dropped          uint64 // messages dropped by inline subscriptions' hand-off queues
-	ClientDropped    int64  // messages dropped for network clients whose write queue was full
-	Paced            uint64 // deliveries that waited for a network client's write queue to drain
+	ClientDropped    int64  // messages dropped for network clients whose write queue or in-flight window was full
+	Paced            uint64 // deliveries that waited for room in a network client's write queue or in-flight window
 	Refused          uint64 // connections refused by authentication
 }
 
@@ -297,7 +297,7 @@ func (b *Broker) Stats() Stats {
 		ClientsConnected: atomic.LoadInt64(&b.srv.Info.ClientsConnected),
 		Retained:         int64(b.srv.Topics.Retained.Len()),
 		Dropped:          b.dropped.Load(),
-		ClientDropped:    atomic.LoadInt64(&b.srv.Info.MessagesDropped),
+		ClientDropped:    atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped),
 		Refused:          b.auth.refused.Load(),
 		Paced:            b.paced(),
 	}
@@ -315,8 +315,14 @@ var _ broker.Client = (*Client)(nil)
 
 // quietHandler passes mochi's log lines on with Info demoted to Debug: mochi
 // logs its own lifecycle at Info, and this package logs one line per
-// listener and one at stop instead.
+// listener and one at stop instead. mochi's Warn for each delivery dropped
+// at a client's in-flight limit is demoted too: the pacer warns once per
+// client that stops acknowledging, and Stats.ClientDropped counts them.
 type quietHandler struct{ slog.Handler }
+
+// mochiPerDropWarning is mochi's message for each delivery dropped at a
+// client's in-flight limit (server.go, publishToClient).
+const mochiPerDropWarning = "client store quota reached"
 
 func (h quietHandler) Enabled(ctx context.Context, l slog.Level) bool {
 	return h.Handler.Enabled(ctx, demote(l))
@@ -324,6 +330,12 @@ func (h quietHandler) Enabled(ctx context.Context, l slog.Level) bool {
 
 func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {
 	r.Level = demote(r.Level)
+	if r.Message == mochiPerDropWarning {
+		r.Level = slog.LevelDebug
+	}
+	if !h.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
 	return h.Handler.Handle(ctx, r)
 }
 

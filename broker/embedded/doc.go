@@ -7,10 +7,12 @@
 // opened by New so their bound addresses are known at once; authentication
 // and topic ACLs (anonymous from loopback only by default, or the accounts
 // of a users file; the topics that carry device state are writable by the
-// bridge alone); persistence of retained messages, sessions and in-flight
-// messages in the data dir (badger); and the capabilities that make mochi
-// fit the bridge: retained messages never expire by age, a bounded write
-// queue per network client, a maximum packet size.
+// bridge alone); persistence of retained messages, sessions and the
+// in-flight messages of persistent sessions in the data dir (badger,
+// written in order behind the publishes by the store's own goroutine); and
+// the capabilities that make mochi fit the bridge: retained messages never
+// expire by age, a bounded write queue per network client, a maximum packet
+// size.
 //
 // It does not own: topics and payloads (package bridge), the choice between
 // this broker and an external one (cmd), or the bridge's birth message (the
@@ -19,17 +21,19 @@
 // publishes Config.Will at Start and at Close (see Config.Will).
 //
 // mochi (v2.7.9) needed help in five places, each in its own file: its
-// storage hook leaks a goroutine and persists inline subscriptions (store.go
-// replaces it); it shares one packet-identifier space between client and
-// server, refusing a client's SUBSCRIBE that collides with a delivery in
-// flight, and does not announce its maximum packet size (packetid.go); it
-// drops deliveries to a client whose small write queue is full, QoS 1
-// included, and lets a client that stops reading hold publishers for 1.5 ×
-// keepalive (pacer.go, and writeTimeoutConn in listener.go); its inline
-// subscriptions miss the parent level of "a/#" (client.go); it scans its
-// topic index for the retained messages of a wildcard subscription without
-// the lock its writers hold, a data race (retainlock.go). One limitation
-// stays: a network client's "a/+/#" does not match "a/b".
+// storage hook leaks a goroutine, persists inline subscriptions and makes
+// every publish wait for a badger transaction (store.go replaces it); it
+// shares one packet-identifier space between client and server, refusing a
+// client's SUBSCRIBE that collides with a delivery in flight, and does not
+// announce its maximum packet size (packetid.go); it drops deliveries to a
+// client whose small write queue is full, QoS 1 included, and QoS 1
+// deliveries to one slow to acknowledge them (its in-flight window full),
+// and lets a client that stops reading hold publishers for 1.5 × keepalive
+// (pacer.go, and writeTimeoutConn in listener.go); its inline subscriptions
+// miss the parent level of "a/#" (client.go); it scans its topic index for
+// the retained messages of a wildcard subscription without the lock its
+// writers hold, a data race (retainlock.go). One limitation stays: a
+// network client's "a/+/#" does not match "a/b".
 //
 // Concurrency: Broker and Client are safe for concurrent use. mochi calls
 // inline subscription callbacks on the publishing goroutine (a network

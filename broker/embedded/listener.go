@@ -156,7 +156,7 @@ func (l *listener) serveConn(establish listeners.EstablishFn, conn net.Conn) {
 	}()
 	// mochi replaces this deadline by the keepalive one after CONNECT.
 	_ = conn.SetDeadline(time.Now().Add(l.connectTimeout))
-	wc := &writeTimeoutConn{Conn: conn, timeout: l.writeTimeout}
+	wc := &writeTimeoutConn{Conn: conn, timeout: l.writeTimeout, broken: make(chan struct{})}
 	if err := establish(l.id, wc); err != nil && !isClosedErr(err) {
 		l.log.Debug("mqtt connection ended", "listener", l.id, "remote", conn.RemoteAddr().String(), "err", err)
 	}
@@ -301,6 +301,11 @@ func (c *wsConn) Close() error { return c.ws.Close() }
 type writeTimeoutConn struct {
 	net.Conn
 	timeout time.Duration
+	// broken is closed once a write failed (the connection is closed then):
+	// the pacer stops waiting for a client whose writes fail, as mochi
+	// drains its queue without a successful write to tell. Never reopened.
+	broken chan struct{}
+	once   sync.Once
 }
 
 // Write implements net.Conn.
@@ -309,6 +314,7 @@ func (c *writeTimeoutConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if err != nil {
 		_ = c.Conn.Close() // a partial write has broken the stream anyway
+		c.once.Do(func() { close(c.broken) })
 	}
 	return n, err
 }

@@ -1,7 +1,10 @@
 package embedded
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
@@ -80,4 +83,120 @@ func TestStuckClient(t *testing.T) {
 	if took > 4*cfg.WriteTimeout+2*time.Second {
 		t.Errorf("publishing took %v with a stuck subscriber (write timeout %v)", took, cfg.WriteTimeout)
 	}
+}
+
+// TestSlowAcksNotDropped: a QoS 1 subscriber that reads at once but
+// acknowledges late (here: only once three quarters of mochi's in-flight
+// window is waiting, and the broker has paused) gets everything: deliveries
+// wait for its acknowledgements instead of being dropped at mochi's
+// MaximumInflight.
+func TestSlowAcksNotDropped(t *testing.T) {
+	b := startBroker(t, testConfig())
+	raw, _ := dialRaw(t, b.Addr().String(), 4, packets.Packet{Connect: packets.ConnectParams{ClientIdentifier: "lazy", Clean: true}})
+	raw.subscribe("spark/#", 1)
+	n := 2 * b.pacer.inflight
+	batch := b.pacer.inflight * 3 / 4
+
+	// A reader goroutine decodes packets; the client acknowledges all the
+	// deliveries it holds once there are batch of them and nothing has
+	// come for 10 ms (the broker waits for it), or once all n are in.
+	pkts := make(chan packets.Packet, 64)
+	readErr := make(chan error, 1)
+	go func() { // ends when the connection is closed (the test's cleanup) or fails
+		r := bufio.NewReader(raw.conn)
+		for {
+			pk, err := readPacket(r)
+			if err != nil {
+				readErr <- err
+				return
+			}
+			pkts <- pk
+		}
+	}()
+	done := make(chan error, 1)
+	got := 0
+	go func() { // ends once all n are in and acknowledged, or on an error
+		var pending []uint16
+		ackAll := func() error {
+			var buf bytes.Buffer
+			for _, id := range pending {
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id, ProtocolVersion: 4}
+				if err := pk.PubackEncode(&buf); err != nil {
+					return err
+				}
+			}
+			pending = pending[:0]
+			_ = raw.conn.SetWriteDeadline(time.Now().Add(testTimeout))
+			_, err := raw.conn.Write(buf.Bytes())
+			return err
+		}
+		idle := time.NewTimer(time.Hour)
+		defer idle.Stop()
+		for got < n {
+			idle.Reset(10 * time.Millisecond)
+			select {
+			case pk := <-pkts:
+				if pk.FixedHeader.Type == packets.Publish {
+					got++
+					pending = append(pending, pk.PacketID)
+				}
+			case err := <-readErr:
+				done <- err
+				return
+			case <-idle.C:
+				if len(pending) >= batch {
+					if err := ackAll(); err != nil {
+						done <- err
+						return
+					}
+				}
+			}
+		}
+		done <- ackAll()
+	}()
+
+	bridge := b.NewClient()
+	t.Cleanup(func() { _ = bridge.Close(ctxT(t)) })
+	for i := range n {
+		if err := bridge.Publish(ctxT(t), broker.Message{Topic: fmt.Sprintf("spark/d/event/e%d", i), Payload: []byte("x"), QoS: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("after %d of %d deliveries: %v; %+v", got, n, err, b.Stats())
+		}
+	case <-time.After(testTimeout):
+		t.Fatalf("not all of the %d deliveries arrived; %+v", n, b.Stats())
+	}
+	if st := b.Stats(); st.ClientDropped != 0 || st.Paced == 0 {
+		t.Errorf("dropped %d, paced %d; want 0 dropped and some pacing", st.ClientDropped, st.Paced)
+	}
+}
+
+// readPacket reads one MQTT 3.1.1 packet (a PUBLISH decoded, others by
+// type only).
+func readPacket(r *bufio.Reader) (packets.Packet, error) {
+	var pk packets.Packet
+	pk.ProtocolVersion = 4
+	hb, err := r.ReadByte()
+	if err != nil {
+		return pk, err
+	}
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		return pk, err
+	}
+	n, _, err := packets.DecodeLength(r)
+	if err != nil {
+		return pk, err
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return pk, err
+	}
+	if pk.FixedHeader.Type == packets.Publish {
+		err = pk.PublishDecode(body)
+	}
+	return pk, err
 }

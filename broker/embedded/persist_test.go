@@ -238,3 +238,72 @@ func TestRetainedNeverExpires(t *testing.T) {
 		})
 	}
 }
+
+// TestInflightStoredForPersistentSessionsOnly: a QoS 1 delivery not yet
+// acknowledged is written to the store for a session that outlives its
+// connection (MQTT 3 clean session false, MQTT 5 session expiry > 0) and
+// not for one that ends with it, whose in-flight messages mochi would
+// discard at disconnect anyway; the acknowledgement removes the record.
+func TestInflightStoredForPersistentSessionsOnly(t *testing.T) {
+	cfg := testConfig()
+	cfg.DataDir = t.TempDir()
+	b := startBroker(t, cfg)
+	bridge := b.NewClient()
+	t.Cleanup(func() { _ = bridge.Close(ctxT(t)) })
+
+	clients := []struct {
+		name       string
+		version    byte
+		connect    packets.ConnectParams
+		props      packets.Properties
+		persistent bool
+	}{
+		{name: "v3-clean", version: 4, connect: packets.ConnectParams{Clean: true}},
+		{name: "v3-persistent", version: 4, persistent: true},
+		{name: "v5-expiry-0", version: 5, connect: packets.ConnectParams{Clean: true}},
+		{name: "v5-expiry-60", version: 5, props: packets.Properties{SessionExpiryInterval: 60, SessionExpiryIntervalFlag: true}, persistent: true},
+	}
+	raws := map[string]*rawClient{}
+	for _, c := range clients {
+		c.connect.ClientIdentifier = c.name
+		raw, ack := dialRaw(t, b.Addr().String(), c.version, packets.Packet{Connect: c.connect, Properties: c.props})
+		if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+			t.Fatalf("%s: CONNACK %+v", c.name, ack)
+		}
+		raw.subscribe("spark/+/event/#", 1)
+		raws[c.name] = raw
+	}
+	if err := bridge.Publish(ctxT(t), broker.Message{Topic: "spark/d/event/e", Payload: []byte("x"), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]uint16{}
+	for _, c := range clients {
+		pk := raws[c.name].read() // not acknowledged yet
+		if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 1 {
+			t.Fatalf("%s: got %+v, want a QoS 1 PUBLISH", c.name, pk)
+		}
+		ids[c.name] = pk.PacketID
+	}
+	storedFor := func() map[string]bool {
+		msgs, err := b.store.StoredInflightMessages()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]bool{}
+		for _, msg := range msgs {
+			m[msg.Client] = true
+		}
+		return m
+	}
+	got := storedFor()
+	for _, c := range clients {
+		if got[c.name] != c.persistent {
+			t.Errorf("%s: in-flight message stored = %v, want %v", c.name, got[c.name], c.persistent)
+		}
+	}
+
+	for _, c := range clients {
+		raws[c.name].send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: ids[c.name]})
+	}
+	waitFor(t, "acknowledged in-flight records removed", func() bool { return len(storedFor()) == 0 })
+}

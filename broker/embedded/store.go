@@ -29,17 +29,65 @@ import (
 // messages. This one skips the inline client, deletes an expired session's
 // subscriptions and in-flight messages with it, and owns its GC goroutine.
 //
-// Writes happen on mochi's goroutines (client read loops, the inline
-// publisher); badger is safe for concurrent use.
+// In-flight messages of a session that ends with its connection (an MQTT
+// 3 clean session, or MQTT 5 session expiry 0) are not written: mochi
+// discards them at disconnect and would never restore them, and a badger
+// transaction per delivery (a hand-off to badger's writer goroutine, and
+// another at the PUBACK) was most of the cost of delivering to a
+// subscriber such as Home Assistant or mosquitto_sub.
+//
+// Writes are queued by mochi's goroutines (client read loops, the inline
+// publisher) and applied in order by the store's writer goroutine, many to
+// a transaction: a badger transaction is several hand-offs between
+// goroutines and a file write, too much to wait for in every retained
+// publish (every function call result is one) and every QoS delivery to a
+// persistent session. The queue is bounded (storeQueue; a full queue makes
+// the hook wait, as a synchronous write did); Stop writes what is queued
+// before it closes the database, and the Stored* reads first wait for the
+// writes queued before them. A crash of the process loses the writes still
+// queued, at most a few milliseconds' worth.
 type store struct {
 	mqtt.HookBase
 	db  *badgerdb.DB
 	log *slog.Logger
 
-	stop chan struct{} // closed by Stop
+	ops        chan storeOp  // hooks → writer; never closed; full: the hook waits
+	writerDone chan struct{} // closed when the writer goroutine ends
+
+	// ephemeral holds the connected clients whose session ends with their
+	// connection (keys *mqtt.Client): added by OnSessionEstablished,
+	// removed by OnDisconnect. Decided once at connect: an MQTT 5 client
+	// may change its session expiry in DISCONNECT, on its read loop, while
+	// deliveries to it run on other goroutines.
+	ephemeral sync.Map
+
+	stop chan struct{} // closed by Stop once the queue is written: the goroutines end
 	done chan struct{} // closed when the GC goroutine ends
 	once sync.Once
 }
+
+// storeOp is one queued write.
+type storeOp struct {
+	kind  storeOpKind
+	key   string
+	value []byte        // storeSet
+	done  chan struct{} // storeSync: closed once the writes queued before it are written
+}
+
+type storeOpKind uint8
+
+const (
+	storeSet       storeOpKind = iota + 1
+	storeDel                   // key
+	storeDelPrefix             // every key starting with key
+	storeSync                  // a marker: see storeOp.done
+)
+
+// Sizes of the write queue and of one transaction.
+const (
+	storeQueue = 4096
+	storeBatch = 1024
+)
 
 // Key layout. Client ids and topics are MQTT strings and cannot hold NUL.
 const (
@@ -68,9 +116,110 @@ func openStore(dir string, log *slog.Logger) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded: open store %s: %w", dir, err)
 	}
-	s := &store{db: db, log: log, stop: make(chan struct{}), done: make(chan struct{})}
-	go s.gc() // ends when Stop closes s.stop; Stop waits for it
+	s := &store{
+		db: db, log: log, stop: make(chan struct{}), done: make(chan struct{}),
+		ops: make(chan storeOp, storeQueue), writerDone: make(chan struct{}),
+	}
+	go s.gc()     // ends when Stop closes s.stop; Stop waits for it
+	go s.writer() // idem
 	return s, nil
+}
+
+// writer applies the queued writes in order, as many to a transaction as
+// are queued (up to storeBatch), until Stop.
+func (s *store) writer() {
+	defer close(s.writerDone)
+	batch := make([]storeOp, 0, storeBatch)
+	for {
+		select {
+		case op := <-s.ops:
+			batch = append(batch, op)
+		case <-s.stop:
+			return
+		}
+	more:
+		for len(batch) < storeBatch {
+			select {
+			case op := <-s.ops:
+				batch = append(batch, op)
+			default:
+				break more
+			}
+		}
+		s.apply(batch)
+		clear(batch)
+		batch = batch[:0]
+	}
+}
+
+// apply writes batch in order: the sets and deletes in transactions, each
+// prefix deletion and sync marker after what came before it is committed.
+func (s *store) apply(batch []storeOp) {
+	var txn *badgerdb.Txn
+	commit := func() {
+		if txn == nil {
+			return
+		}
+		if err := txn.Commit(); err != nil {
+			s.log.Error("broker store write", "err", err)
+		}
+		txn = nil
+	}
+	for _, op := range batch {
+		switch op.kind {
+		case storeSet, storeDel:
+			if txn == nil {
+				txn = s.db.NewTransaction(true)
+			}
+			err := writeOp(txn, op)
+			if errors.Is(err, badgerdb.ErrTxnTooBig) {
+				commit()
+				txn = s.db.NewTransaction(true)
+				err = writeOp(txn, op)
+			}
+			if err != nil {
+				s.log.Error("broker store write", "key", op.key, "err", err)
+			}
+		case storeDelPrefix:
+			commit()
+			s.deletePrefix(op.key)
+		case storeSync:
+			commit()
+			close(op.done)
+		}
+	}
+	commit()
+}
+
+func writeOp(txn *badgerdb.Txn, op storeOp) error {
+	if op.kind == storeSet {
+		return txn.Set([]byte(op.key), op.value)
+	}
+	return txn.Delete([]byte(op.key))
+}
+
+// enqueue queues a write for the writer; after Stop it drops it.
+func (s *store) enqueue(op storeOp) {
+	select {
+	case s.ops <- op:
+	case <-s.stop:
+		s.log.Warn("broker store write after stop: dropped", "key", op.key)
+	}
+}
+
+// sync waits until the writes queued before it are written (at once after
+// Stop).
+func (s *store) sync() {
+	done := make(chan struct{})
+	select {
+	case s.ops <- storeOp{kind: storeSync, done: done}:
+	case <-s.stop:
+		return
+	}
+	select {
+	case <-done:
+	case <-s.stop:
+	}
 }
 
 func (s *store) gc() {
@@ -112,12 +261,15 @@ func (s *store) Provides(b byte) bool {
 	}, b) >= 0
 }
 
-// Stop implements mqtt.Hook: it ends the GC goroutine and closes the
-// database. mochi calls it from Server.Close after every client has gone.
+// Stop implements mqtt.Hook: it writes what is queued, ends the writer
+// and GC goroutines and closes the database. mochi calls it from
+// Server.Close after every client has gone.
 func (s *store) Stop() error {
 	var err error
 	s.once.Do(func() {
+		s.sync()
 		close(s.stop)
+		<-s.writerDone
 		<-s.done
 		err = s.db.Close()
 	})
@@ -126,22 +278,20 @@ func (s *store) Stop() error {
 
 func (s *store) set(key string, v storage.Serializable) {
 	data, err := v.MarshalBinary()
-	if err == nil {
-		err = s.db.Update(func(txn *badgerdb.Txn) error { return txn.Set([]byte(key), data) })
-	}
 	if err != nil {
 		s.log.Error("broker store write", "key", key, "err", err)
+		return
 	}
+	s.enqueue(storeOp{kind: storeSet, key: key, value: data})
 }
 
-func (s *store) del(key string) {
-	if err := s.db.Update(func(txn *badgerdb.Txn) error { return txn.Delete([]byte(key)) }); err != nil {
-		s.log.Error("broker store delete", "key", key, "err", err)
-	}
-}
+func (s *store) del(key string) { s.enqueue(storeOp{kind: storeDel, key: key}) }
 
 // delPrefix deletes every key that starts with prefix.
-func (s *store) delPrefix(prefix string) {
+func (s *store) delPrefix(prefix string) { s.enqueue(storeOp{kind: storeDelPrefix, key: prefix}) }
+
+// deletePrefix deletes every key that starts with prefix, now (writer).
+func (s *store) deletePrefix(prefix string) {
 	var keys [][]byte
 	err := s.db.View(func(txn *badgerdb.Txn) error {
 		opts := badgerdb.DefaultIteratorOptions
@@ -171,8 +321,10 @@ func (s *store) delPrefix(prefix string) {
 	}
 }
 
-// each calls fn with the value of every key that starts with prefix.
+// each calls fn with the value of every key that starts with prefix, once
+// the writes queued before the call are written.
 func (s *store) each(prefix string, fn func([]byte) error) error {
+	s.sync()
 	return s.db.View(func(txn *badgerdb.Txn) error {
 		it := txn.NewIterator(badgerdb.DefaultIteratorOptions)
 		defer it.Close()
@@ -222,7 +374,33 @@ func (s *store) forgetClient(id string) {
 }
 
 // OnSessionEstablished implements mqtt.Hook.
-func (s *store) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) { s.putClient(cl) }
+func (s *store) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if endsWithConnection(cl) {
+		s.ephemeral.Store(cl, struct{}{})
+	}
+	s.putClient(cl)
+}
+
+// endsWithConnection reports whether mochi discards cl's session when its
+// connection ends (the test of mochi's attachClient).
+func endsWithConnection(cl *mqtt.Client) bool {
+	p := &cl.Properties
+	return (p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0) || (p.ProtocolVersion < 5 && p.Clean)
+}
+
+// keepsInflight reports whether cl's in-flight messages are persisted.
+// After OnDisconnect (mochi clears an ended session's in-flight messages
+// then, each through OnQosDropped) the client's read loop has ended, so its
+// properties can be read directly.
+func (s *store) keepsInflight(cl *mqtt.Client) bool {
+	if cl.Net.Inline {
+		return false
+	}
+	if _, eph := s.ephemeral.Load(cl); eph {
+		return false
+	}
+	return !cl.Closed() || !endsWithConnection(cl)
+}
 
 // OnWillSent implements mqtt.Hook: the client record no longer has a will.
 func (s *store) OnWillSent(cl *mqtt.Client, _ packets.Packet) { s.putClient(cl) }
@@ -232,6 +410,7 @@ func (s *store) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if cl.Net.Inline {
 		return
 	}
+	s.ephemeral.Delete(cl)
 	if !expire {
 		s.putClient(cl)
 		return
@@ -325,7 +504,7 @@ func inflightKey(cl *mqtt.Client, pk packets.Packet) string {
 // OnQosPublish implements mqtt.Hook: a QoS 1 or 2 message is in flight to
 // (or an inbound QoS 2 from) cl.
 func (s *store) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, _ int) {
-	if cl.Net.Inline {
+	if !s.keepsInflight(cl) {
 		return
 	}
 	key := inflightKey(cl, pk)
@@ -337,7 +516,7 @@ func (s *store) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, _ i
 
 // OnQosComplete implements mqtt.Hook.
 func (s *store) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	if !cl.Net.Inline {
+	if s.keepsInflight(cl) {
 		s.del(inflightKey(cl, pk))
 	}
 }
