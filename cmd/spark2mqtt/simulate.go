@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
@@ -12,6 +13,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spark2mqtt/spark2mqtt/coapdev/devsim"
@@ -39,6 +42,10 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	firmware := fs.String("firmware", "core", "core, photon07 (Photon 0.4-0.7) or photon08 (Photon 0.8+)")
 	keyFile := fs.String("key", "", "the devices' RSA-1024 private key (PEM), created if missing; default: <data>/simulator_key.pem")
 	concurrency := fs.Int("concurrency", devsim.DefaultFleetConcurrency, "with --count: handshakes in flight at once")
+	events := fs.Int("events", 0, "load test: once every device is connected, publish this many events in all, spread evenly over the devices (their firmware rate limit off), then keep the devices connected")
+	eventName := fs.String("event", "load", "with --events: the event name")
+	rate := fs.Float64("rate", 0, "with --events: events per second for the whole fleet (0: as fast as the devices can)")
+	startStdin := fs.Bool("start-stdin", false, "with --events: wait for a line on standard input before publishing (lets a load test check the server first)")
 	verbose := fs.Bool("v", false, "log every message")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -48,6 +55,9 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	if *count < 1 || *count > 100000 {
 		return fmt.Errorf("%w: simulate: --count %d out of range 1..100000", errUsage, *count)
+	}
+	if *events < 0 || *rate < 0 || (*events > 0 && *heater) {
+		return fmt.Errorf("%w: simulate: --events and --rate must not be negative, and --events does not go with --heater", errUsage)
 	}
 	fw, err := devsim.ParseFirmware(*firmware)
 	if err != nil {
@@ -91,6 +101,9 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			DeviceKey: dkey,
 			ServerKey: spub,
 			Logger:    log,
+			// A load test's devices publish far faster than the firmware's
+			// 4 per second.
+			NoRateLimit: *events > 0,
 		}
 	}
 	fc := devsim.FleetConfig{Addr: *server, Count: *count, Concurrency: *concurrency, Logger: log, Config: mk}
@@ -124,15 +137,94 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintf(stdout, "simulating %d %s devices (%s ...) against %s\n", *count, fw, first, *server)
 	}
 	start := time.Now()
-	// Owned by runSimulate: ends when ctx ends or when all devices are up.
-	go func() {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Ends when ctx ends, or once all devices are up (and, with --events,
+	// the load has been published).
+	wg.Go(func() {
 		select {
 		case <-fleet.AllConnected():
-			fmt.Fprintf(stdout, "all %d connected in %v\n", *count, time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(stdout, "all %d connected in %v, %d failed attempts\n", *count, time.Since(start).Round(time.Millisecond), fleet.Failed())
 		case <-ctx.Done():
+			return
 		}
-	}()
+		if *events > 0 {
+			if *startStdin && !lineFrom(ctx, os.Stdin) {
+				return
+			}
+			publishLoad(ctx, stdout, fleet.Devices(), *events, *eventName, *rate)
+		}
+	})
 	return fleet.Run(ctx)
+}
+
+// lineFrom waits for a line (or the end) of r, or for ctx's end (false).
+func lineFrom(ctx context.Context, r io.Reader) bool {
+	got := make(chan struct{})
+	go func() { // ends with the read; a process-wide stdin read cannot be cancelled
+		_, _ = bufio.NewReader(r).ReadString('\n')
+		close(got)
+	}()
+	select {
+	case <-got:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// publishLoad publishes n events named name from devs, round robin, at rate
+// events per second in all (0: as fast as they can), each device on its own
+// goroutine and schedule (a device behind its schedule catches up at once,
+// so the rate holds on average). It prints a line when it starts and one
+// with the outcome when every device is done.
+func publishLoad(ctx context.Context, stdout io.Writer, devs []*devsim.Device, n int, name string, rate float64) {
+	fmt.Fprintf(stdout, "publishing %d events at %s\n", n, rateText(rate))
+	var interval time.Duration // between two events of the fleet
+	if rate > 0 {
+		interval = time.Duration(float64(time.Second) / rate)
+	}
+	data := []byte("48.5")
+	var sent, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, d := range devs {
+		if i >= n {
+			break
+		}
+		wg.Go(func() {
+			// Device i publishes the fleet's events i, i+len(devs), ...
+			for k := i; k < n; k += len(devs) {
+				if interval > 0 {
+					if wait := time.Until(start.Add(time.Duration(k) * interval)); wait > 0 {
+						t := time.NewTimer(wait)
+						select {
+						case <-t.C:
+						case <-ctx.Done():
+							t.Stop()
+							return
+						}
+					}
+				}
+				if d.Publish(ctx, name, data, 60, false) == nil {
+					sent.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	fmt.Fprintf(stdout, "published %d events in %v (%.0f/s), %d failed\n", sent.Load(), took.Round(time.Millisecond),
+		float64(sent.Load())/took.Seconds(), failed.Load())
+}
+
+func rateText(rate float64) string {
+	if rate <= 0 {
+		return "full speed"
+	}
+	return fmt.Sprintf("%.0f/s", rate)
 }
 
 // addToID returns id + n, counting in the last four bytes.
