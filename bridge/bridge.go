@@ -50,8 +50,8 @@ type Bridge struct {
 
 	disco *discovery // Home Assistant discovery (discovery.go); immutable pointer
 
-	onlineDirty atomic.Bool // a session started or ended since the last snapshot
-	onlineSnap  []onlineDev // owned by the event loop (events.go)
+	subs    subIndex    // the sessions' event subscriptions (subindex.go)
+	targets []subTarget // owned by the event loop (events.go): deliver's scratch
 
 	mu sync.Mutex
 	// Guarded by mu.
@@ -302,7 +302,6 @@ func (b *Bridge) DeviceOnline(d Device, info DeviceInfo) {
 		dv.sess.end()
 	}
 	dv.sess, dv.last = s, s
-	b.onlineDirty.Store(true)
 	dv.info = info
 	dv.lastSeen = info.ConnectedAt
 	dv.listed = true
@@ -348,11 +347,11 @@ func (b *Bridge) DeviceOffline(d Device, err error) {
 		dv.sess.end()
 		dv.sess = nil
 		dv.lastSeen = b.now()
-		b.onlineDirty.Store(true)
 	case dv.last != nil && dv.last.d == d:
 		dv.last.end()
 	}
 	dv.mu.Unlock()
+	b.subs.remove(id, d)
 	b.kickInventory()
 	b.log.Debug("device offline", "device", id, "err", err)
 }
@@ -368,6 +367,24 @@ func (b *Bridge) DeviceEvent(d Device, e msg.Event) {
 	}
 	e.Data = bytes.Clone(e.Data)
 	b.enqueueEvent(eventItem{from: id, src: d, e: e})
+}
+
+// DeviceSubscribed tells the bridge that session d subscribed to the
+// events whose names start with prefix: the event loop delivers such events
+// to it (see Device.Send) until its DeviceOffline, or until a newer session
+// of the same device subscribes. It does not block. The coapdev.Handler
+// from Handler calls it before the session acknowledges the Subscribe.
+func (b *Bridge) DeviceSubscribed(d Device, prefix string) {
+	id, err := parseID(d.ID())
+	if err != nil {
+		return
+	}
+	select {
+	case <-d.Done():
+		return // an ended session's late Subscribe must not displace a newer one
+	default:
+	}
+	b.subs.add(id, d, prefix)
 }
 
 // kickInventory asks for a (debounced) inventory publish.
@@ -397,6 +414,12 @@ func (b *Bridge) publish(ctx context.Context, topic string, payload []byte, reta
 func (b *Bridge) publishMsg(ctx context.Context, m broker.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
 	defer cancel()
+	return b.publishWithin(ctx, m)
+}
+
+// publishWithin is publishMsg with the caller's bound on the publish
+// instead of PublishTimeout.
+func (b *Bridge) publishWithin(ctx context.Context, m broker.Message) error {
 	err := b.cfg.Client.Publish(ctx, m)
 	if err != nil {
 		b.stats.publishErrors.Add(1)

@@ -34,9 +34,6 @@ type Device interface {
 	// Send delivers an event to the device. It must not block for long (the
 	// bridge calls it for many devices in turn).
 	Send(ctx context.Context, e msg.Event) error
-	// Subscribed reports whether one of the device's subscriptions matches
-	// the event name.
-	Subscribed(name string) bool
 	// Signal starts (on) or stops the device's rainbow LED.
 	Signal(ctx context.Context, on bool) error
 	// Done is closed when the session has ended.

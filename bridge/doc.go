@@ -109,7 +109,11 @@
 // "particle") are neither published nor forwarded unless
 // Config.SystemEvents. Events from spark/events/NAME go to every online
 // device whose subscription prefix matches NAME. Device events go through a
-// bounded queue that drops the oldest when full (counted).
+// bounded queue that drops the oldest when full (counted). Subscriptions
+// reach the bridge through DeviceSubscribed (the coapdev.Handler calls it
+// before the device's Subscribe is acknowledged) and are indexed by prefix,
+// so an event costs one lookup per distinct prefix length, whatever the
+// number of online devices.
 //
 // # Home Assistant discovery
 //
@@ -148,7 +152,8 @@
 //   - one worker per online device session: the only goroutine that sends
 //     requests to that device (describe, calls, reads, signal), so at most
 //     one is in flight per device; it exits when the session ends or Run
-//     stops. DeviceOnline, DeviceEvent and DeviceOffline never block.
+//     stops. DeviceOnline, DeviceEvent, DeviceSubscribed and DeviceOffline
+//     never block.
 //
 // Locks, in order: Bridge.mu (the device map and run state) before dev.mu
 // (one device's state: session, calls, cache); dev.pubMu before dev.mu.
@@ -157,5 +162,6 @@
 // pending), so the broker sees them in the order of the state changes,
 // also when Republish (after a broker reconnect) runs at the same time; it
 // is the only lock held across a Publish. No lock is held across a device
-// request. discovery.mu is a leaf: nothing else is locked while it is held.
+// request. discovery.mu is a leaf: nothing else is locked while it is held;
+// so is the subscription index's lock (subIndex.mu).
 package bridge

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/spark2mqtt/spark2mqtt/broker"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/msg"
 )
 
@@ -51,12 +52,12 @@ func (b *Bridge) eventLoop(ctx context.Context, stop <-chan struct{}) {
 	for {
 		select {
 		case it := <-b.events:
-			b.handleEvent(ctx, it)
+			b.handleEvents(ctx, it)
 		case <-stop:
 			for {
 				select {
 				case it := <-b.events:
-					b.handleEvent(ctx, it)
+					b.handleEvents(ctx, it)
 				default:
 					return
 				}
@@ -65,7 +66,31 @@ func (b *Bridge) eventLoop(ctx context.Context, stop <-chan struct{}) {
 	}
 }
 
-func (b *Bridge) handleEvent(ctx context.Context, it eventItem) {
+// eventBatch bounds the queued events that share one PublishTimeout.
+const eventBatch = 64
+
+// handleEvents handles it and the events queued behind it, up to
+// eventBatch in all, their publishes bounded by one PublishTimeout: under
+// load, a context with its timer for each event would cost as much as the
+// rest of the event's handling; and when the broker stalls, the batch's
+// later publishes fail at once instead of waiting a PublishTimeout each.
+func (b *Bridge) handleEvents(ctx context.Context, it eventItem) {
+	pctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
+	defer cancel()
+	b.handleEvent(ctx, pctx, it)
+	for range eventBatch - 1 {
+		select {
+		case it = <-b.events:
+			b.handleEvent(ctx, pctx, it)
+		default:
+			return
+		}
+	}
+}
+
+// handleEvent publishes one event (under pctx) and delivers it to the
+// devices subscribed to it (under ctx, sendTimeout each).
+func (b *Bridge) handleEvent(ctx, pctx context.Context, it eventItem) {
 	e := it.e
 	if it.from == "" {
 		if len(e.Data) > maxEventData || len(e.Name) > msg.MaxEventName {
@@ -77,7 +102,9 @@ func (b *Bridge) handleEvent(ctx context.Context, it eventItem) {
 		return
 	}
 	b.stats.eventsIn.Add(1)
-	d := b.lookupQuiet(it.from)
+	b.mu.Lock()
+	d := b.devs[it.from]
+	b.mu.Unlock()
 	if d == nil {
 		return
 	}
@@ -89,7 +116,8 @@ func (b *Bridge) handleEvent(ctx context.Context, it eventItem) {
 		b.stats.eventsDropped.Add(1)
 		b.lim.warn(b.log, "event-name:"+d.id, "event name is not a valid topic: dropped", "device", d.id, "event", e.Name)
 	default:
-		if b.publish(ctx, b.t.event(d.topic, e.Name), e.Data, false) == nil {
+		m := broker.Message{Topic: b.t.event(d.topic, e.Name), Payload: e.Data, QoS: 1}
+		if b.publishWithin(pctx, m) == nil {
 			b.stats.eventsOut.Add(1)
 		}
 	}
@@ -99,12 +127,11 @@ func (b *Bridge) handleEvent(ctx context.Context, it eventItem) {
 }
 
 // deliver sends e to every online device subscribed to it, except the one
-// it came from (as the original cloud did).
+// it came from (as the original cloud did). Called by the event loop only.
 func (b *Bridge) deliver(ctx context.Context, from string, e msg.Event) {
-	for _, t := range b.onlineDevices() {
-		if t.id == from || !t.d.Subscribed(e.Name) {
-			continue
-		}
+	b.targets = b.subs.match(e.Name, from, b.targets[:0])
+	for i, t := range b.targets {
+		b.targets[i] = subTarget{} // the loop keeps no session alive
 		sctx, cancel := context.WithTimeout(ctx, sendTimeout)
 		err := t.d.Send(sctx, e)
 		cancel()
@@ -115,32 +142,4 @@ func (b *Bridge) deliver(ctx context.Context, from string, e msg.Event) {
 		}
 		b.stats.eventsToDevices.Add(1)
 	}
-}
-
-// onlineDev is an entry of the online snapshot.
-type onlineDev struct {
-	id string
-	d  Device
-}
-
-// onlineDevices returns the sessions online now. The snapshot is rebuilt
-// only after a session started or ended (onlineDirty), so an event costs
-// one pass over the online devices, not over every known one. Called by the
-// event loop only.
-func (b *Bridge) onlineDevices() []onlineDev {
-	if !b.onlineDirty.Swap(false) {
-		return b.onlineSnap
-	}
-	b.mu.Lock()
-	snap := b.onlineSnap[:0:0]
-	for id, d := range b.devs {
-		d.mu.Lock()
-		if d.sess != nil {
-			snap = append(snap, onlineDev{id: id, d: d.sess.d})
-		}
-		d.mu.Unlock()
-	}
-	b.mu.Unlock()
-	b.onlineSnap = snap
-	return snap
 }

@@ -12,9 +12,9 @@ import (
 // ErrTimeout is wrapped by a Device request that got no answer in time.
 var ErrTimeout = errors.New("bridge: device did not answer in time")
 
-// Handler returns the coapdev.Handler (also a coapdev.DescribeHandler) that
-// feeds b from a coapdev.Server: pass it in coapdev.Config.Handler. Its
-// methods do not block.
+// Handler returns the coapdev.Handler (also a coapdev.DescribeHandler and a
+// coapdev.SubscribeHandler) that feeds b from a coapdev.Server: pass it in
+// coapdev.Config.Handler. Its methods do not block.
 func (b *Bridge) Handler() coapdev.Handler { return sessionHandler{b} }
 
 type sessionHandler struct{ b *Bridge }
@@ -24,7 +24,9 @@ func (h sessionHandler) SessionStarted(s *coapdev.Session) {
 }
 
 func (h sessionHandler) Event(s *coapdev.Session, e msg.Event) {
-	h.b.DeviceEvent(NewDevice(s), e)
+	// DeviceEvent without its checks: coapdev's ids are canonical, and
+	// e.Data is the handler's to keep (coapdev.Handler).
+	h.b.enqueueEvent(eventItem{from: s.IDString(), src: NewDevice(s), e: e})
 }
 
 func (h sessionHandler) SessionEnded(s *coapdev.Session, err error) {
@@ -33,6 +35,12 @@ func (h sessionHandler) SessionEnded(s *coapdev.Session, err error) {
 
 func (h sessionHandler) Described(s *coapdev.Session, d msg.Description) {
 	h.b.DeviceDescribed(NewDevice(s), d)
+}
+
+// Subscribed implements coapdev.SubscribeHandler: it runs on the session's
+// read loop and only updates the subscription index.
+func (h sessionHandler) Subscribed(s *coapdev.Session, sub msg.Subscription) {
+	h.b.DeviceSubscribed(NewDevice(s), sub.Prefix)
 }
 
 // NewDevice returns the Device of a coapdev session. Two calls for the same
@@ -60,7 +68,7 @@ func InfoOf(s *coapdev.Session) DeviceInfo {
 // sessionDevice adapts *coapdev.Session to Device, mapping its errors.
 type sessionDevice struct{ s *coapdev.Session }
 
-func (d sessionDevice) ID() string { return d.s.ID().String() }
+func (d sessionDevice) ID() string { return d.s.IDString() }
 
 func (d sessionDevice) Describe(ctx context.Context) (msg.Description, error) {
 	desc, err := d.s.Describe(ctx)
@@ -80,8 +88,6 @@ func (d sessionDevice) Get(ctx context.Context, name string) (msg.Value, error) 
 func (d sessionDevice) Send(ctx context.Context, e msg.Event) error {
 	return deviceErr(d.s.Send(ctx, e))
 }
-
-func (d sessionDevice) Subscribed(name string) bool { return d.s.Subscribed(name) }
 
 func (d sessionDevice) Signal(ctx context.Context, on bool) error {
 	return deviceErr(d.s.Signal(ctx, on))

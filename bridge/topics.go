@@ -73,7 +73,12 @@ func hasPrefixFold(s, prefix string) bool {
 type topics struct{ base string }
 
 func (t topics) join(levels ...string) string {
+	n := len(t.base)
+	for _, l := range levels {
+		n += 1 + len(l)
+	}
 	var sb strings.Builder
+	sb.Grow(n) // one allocation: an event's topic is built for every event
 	sb.WriteString(t.base)
 	for _, l := range levels {
 		sb.WriteByte('/')

@@ -85,7 +85,6 @@ func (b *Bridge) workerExit(ctx context.Context, d *dev, s *session) {
 	if d.sess == s {
 		d.sess = nil
 		d.lastSeen = b.now()
-		b.onlineDirty.Store(true)
 	}
 	s.end()
 	newer := d.sess != nil
