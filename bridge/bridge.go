@@ -335,6 +335,7 @@ func (b *Bridge) DeviceOffline(d Device, err error) {
 	if perr != nil {
 		return
 	}
+	b.subs.remove(id, d) // also for a session the bridge never took (it was stopping)
 	b.mu.Lock()
 	dv := b.devs[id]
 	b.mu.Unlock()
@@ -351,7 +352,6 @@ func (b *Bridge) DeviceOffline(d Device, err error) {
 		dv.last.end()
 	}
 	dv.mu.Unlock()
-	b.subs.remove(id, d)
 	b.kickInventory()
 	b.log.Debug("device offline", "device", id, "err", err)
 }
