@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,7 +101,9 @@ func BenchmarkMQTTCallRoundTrip(b *testing.B) {
 // --count 1000 --events N --rate R`, their firmware rate limit off),
 // publish EVENTS events (default 200,000) at an offered total rate of
 // EVENTS_RATE events/s (default 50,000: 50/s per device, spread evenly),
-// and the subscriber, in this process, counts what arrives. Each b.Loop
+// and the subscriber counts what arrives: a paho client in this process, at
+// QoS EVENTS_QOS (default 1), or with EVENTS_SUBSCRIBER=mosquitto_sub that
+// program (C, a process of its own, as a user would run it). Each b.Loop
 // iteration is one such run (use -benchtime=1x and -count). It reports the
 // rate delivered (events received ÷ time from the start of publishing to
 // the last arrival), the rate the devices achieved, the events lost
@@ -125,19 +129,35 @@ func BenchmarkEventsToMQTT(b *testing.B) {
 	dataDir := b.TempDir()
 	srv := startServer(b, dataDir, "SPARK2MQTT_LOG_LEVEL=info", "SPARK2MQTT_POLL_INTERVAL=1h")
 
+	qos := byte(1)
+	switch q := os.Getenv("EVENTS_QOS"); q {
+	case "", "1":
+	case "0":
+		qos = 0
+	default:
+		b.Fatalf("EVENTS_QOS=%q: want 0 or 1", q)
+	}
 	var got, online atomic.Int64
 	var lastAt atomic.Int64 // unix nanos of the latest arrival
+	arrived := func(n int64) {
+		got.Add(n)
+		lastAt.Store(time.Now().UnixNano())
+	}
 	opts := mqtt.NewClientOptions().AddBroker("tcp://" + srv.MQTTAddr).SetClientID("bench-ev").SetAutoReconnect(false)
 	cl := mqtt.NewClient(opts)
 	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		b.Fatal(tok.Error())
 	}
 	b.Cleanup(func() { cl.Disconnect(100) })
-	if tok := cl.Subscribe("spark/+/event/bench", 1, func(mqtt.Client, mqtt.Message) {
-		got.Add(1)
-		lastAt.Store(time.Now().UnixNano())
-	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		b.Fatal(tok.Error())
+	switch sub := os.Getenv("EVENTS_SUBSCRIBER"); sub {
+	case "", "paho":
+		if tok := cl.Subscribe("spark/+/event/bench", qos, func(mqtt.Client, mqtt.Message) { arrived(1) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			b.Fatal(tok.Error())
+		}
+	case "mosquitto_sub":
+		mosquittoSub(b, srv.MQTTAddr, qos, "spark/+/event/bench", arrived)
+	default:
+		b.Fatalf("EVENTS_SUBSCRIBER=%q: want paho or mosquitto_sub", sub)
 	}
 	if tok := cl.Subscribe("spark/+/availability", 1, func(_ mqtt.Client, m mqtt.Message) {
 		if string(m.Payload()) == "online" {
@@ -184,6 +204,59 @@ func BenchmarkEventsToMQTT(b *testing.B) {
 		b.ReportMetric(float64(sent-got.Load()), "lost")
 		b.ReportMetric(float64(failed), "publish-failed")
 		sim.stop()
+	}
+}
+
+// mosquittoSub runs mosquitto_sub on filter at qos against the broker at
+// addr until the test ends, calling arrived with the number of messages
+// as they come. It returns once mosquitto_sub is subscribed (it has
+// received the retained spark/bridge/state).
+func mosquittoSub(t testing.TB, addr string, qos byte, filter string, arrived func(n int64)) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("mosquitto_sub", "-h", host, "-p", port, "-q", strconv.Itoa(int(qos)),
+		"-t", "spark/bridge/state", "-t", filter, "-F", "%t")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Skipf("mosquitto_sub: %v", err)
+	}
+	ready := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // ends when mosquitto_sub closes its output (killed at cleanup)
+		defer close(done)
+		r := bufio.NewReaderSize(out, 64<<10)
+		first := true
+		for {
+			_, err := r.ReadSlice('\n')
+			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+				return
+			}
+			if first {
+				first = false
+				close(ready) // the retained state comes first, right after the SUBACK
+				continue
+			}
+			arrived(1)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		<-done
+	})
+	select {
+	case <-ready:
+	case <-done:
+		t.Fatal("mosquitto_sub ended before subscribing")
+	case <-time.After(10 * time.Second):
+		t.Fatal("mosquitto_sub did not subscribe within 10 s")
 	}
 }
 
