@@ -193,15 +193,17 @@ func publishLoad(ctx context.Context, stdout io.Writer, devs []*devsim.Device, n
 			break
 		}
 		wg.Go(func() {
+			t := time.NewTimer(time.Hour)
+			t.Stop()
+			defer t.Stop()
 			// Device i publishes the fleet's events i, i+len(devs), ...
 			for k := i; k < n; k += len(devs) {
 				if interval > 0 {
 					if wait := time.Until(start.Add(time.Duration(k) * interval)); wait > 0 {
-						t := time.NewTimer(wait)
+						t.Reset(wait)
 						select {
 						case <-t.C:
 						case <-ctx.Done():
-							t.Stop()
 							return
 						}
 					}
