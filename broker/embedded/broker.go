@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/spark2mqtt/spark2mqtt/broker"
 )
@@ -170,6 +171,7 @@ func (b *Broker) listen(id, proto, addr string, tlsConfig *tls.Config) error {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 	l := newListener(id, proto, ln, b.cfg)
+	l.disconnect = b.disconnectListener
 	if err := b.srv.AddListener(l); err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("embedded: add listener %s: %w", id, err)
@@ -352,4 +354,16 @@ func demote(l slog.Level) slog.Level {
 		return slog.LevelDebug
 	}
 	return l
+}
+
+// disconnectListener tells every client of one listener that the server is
+// shutting down. It stands in for mochi's closeListenerClients, whose
+// Clients.GetByListener takes the clients' read lock twice and so deadlocks
+// when a client connects or leaves between the two.
+func (b *Broker) disconnectListener(id string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }

@@ -44,6 +44,10 @@ type listener struct {
 	closed    bool
 	conns     map[net.Conn]struct{}
 	establish listeners.EstablishFn
+
+	// disconnect, when set, replaces the CloseFn mochi hands to Close:
+	// it tells this listener's clients that the server is going away.
+	disconnect func(listenerID string)
 }
 
 func newListener(id, proto string, ln net.Listener, cfg Config) *listener {
@@ -190,6 +194,10 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	clientsClosed := make(chan struct{})
 	go func() { // owned by Close, which waits for it below
 		defer close(clientsClosed)
+		if l.disconnect != nil {
+			l.disconnect(l.id)
+			return
+		}
 		closeClients(l.id)
 	}()
 	grace := time.NewTimer(closeGrace)

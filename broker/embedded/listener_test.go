@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -276,5 +278,80 @@ func TestNewErrors(t *testing.T) {
 				t.Errorf("got %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestDisconnectListener: shutting one listener down disconnects its
+// clients (with DISCONNECT, so paho reports the connection lost) and leaves
+// the clients of the other listeners connected.
+func TestDisconnectListener(t *testing.T) {
+	cfg := testConfig()
+	cfg.WebSocketAddr = "127.0.0.1:0"
+	b := startBroker(t, cfg)
+	lost := make(chan error, 1)
+	o := pahoOptions(tcpURL(b), "tcp-client").SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err })
+	tcp := connectPaho(t, o)
+	ws := connectPaho(t, pahoOptions("ws://"+b.WebSocketAddr().String()+"/mqtt", "ws-client"))
+
+	b.disconnectListener(listenerTCP)
+	select {
+	case <-lost:
+	case <-time.After(testTimeout):
+		t.Fatal("the TCP client was not disconnected")
+	}
+	if tcp.IsConnectionOpen() {
+		t.Error("the TCP client's connection is still open")
+	}
+	roundTrip(t, b, ws) // the WebSocket client still works
+}
+
+// TestCloseUnderChurn closes the broker while clients keep connecting and
+// leaving; Close must return (the listeners' client lookup must not
+// deadlock against connects and disconnects) and leave nothing running.
+func TestCloseUnderChurn(t *testing.T) {
+	for round := range 20 {
+		b, err := New(testConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(); err != nil {
+			t.Fatal(err)
+		}
+		addr := b.Addr().String()
+		stop := make(chan struct{})
+		var connected atomic.Int64
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c, err := connectIdle(addr, fmt.Sprintf("churn-%d-%d-%d", round, w, i))
+					if err != nil {
+						continue // the broker is closing
+					}
+					connected.Add(1)
+					_ = c.Close()
+				}
+			}()
+		}
+		waitFor(t, "clients connecting", func() bool { return connected.Load() >= 20 })
+		closed := make(chan error, 1)
+		go func() { closed <- b.Close(ctxT(t)) }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("round %d: Close: %v", round, err)
+			}
+		case <-time.After(testTimeout):
+			t.Fatalf("round %d: Close did not return under client churn", round)
+		}
+		close(stop)
+		wg.Wait()
 	}
 }
