@@ -59,7 +59,13 @@ func TestGetsJoin(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	waitFor(t, "100 gets taken", func() bool { return h.br.Stats().Gets == 100 })
+	// Gets counts a get as it is taken, before it is attached to the
+	// waiting read: wait until all 100 are attached (one waiting, 99
+	// joined) before the device may answer.
+	waitFor(t, "100 gets waiting on one read", func() bool {
+		st := h.br.Stats()
+		return st.Gets == 100 && st.GetsJoined == 99
+	})
 	close(release)
 	u.waitPayload(topicOf(id, "var", "v"), "42")
 	waitFor(t, "the bridge idle", func() bool { return h.br.Stats().Reads >= 2 })
