@@ -62,7 +62,7 @@ func (srv *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	srv.cfg.Logger.Info("listening", "addr", ln.Addr().String())
+	srv.cfg.Logger.Debug("serving", "addr", ln.Addr().String()) // the caller says it listens, with its settings
 
 	var conns sync.WaitGroup
 	var err error

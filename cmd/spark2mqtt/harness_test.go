@@ -145,13 +145,11 @@ func startServer(t testing.TB, dataDir string, env ...string) *server {
 			}
 			s.mu.Lock()
 			s.lines = append(s.lines, m)
-			if m["msg"] == "listening" {
-				switch m["what"] {
-				case "devices":
-					s.DeviceAddr, _ = m["addr"].(string)
-				case "mqtt":
-					s.MQTTAddr, _ = m["addr"].(string)
-				}
+			switch {
+			case m["msg"] == "listening" && m["what"] == "devices":
+				s.DeviceAddr, _ = m["addr"].(string)
+			case m["msg"] == "mqtt listening" && m["listener"] == "tcp":
+				s.MQTTAddr, _ = m["addr"].(string)
 			}
 			ready := s.DeviceAddr != "" && (external || s.MQTTAddr != "")
 			s.mu.Unlock()

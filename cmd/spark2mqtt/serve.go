@@ -226,13 +226,7 @@ func startBroker(c config, log *slog.Logger, will *broker.Message, onConnect fun
 		if err := eb.Start(); err != nil {
 			return nil, fmt.Errorf("embedded broker: %w", err)
 		}
-		log.Info("listening", "what", "mqtt", "addr", eb.Addr().String())
-		if a := eb.TLSAddr(); a != nil {
-			log.Info("listening", "what", "mqtts", "addr", a.String())
-		}
-		if a := eb.WebSocketAddr(); a != nil {
-			log.Info("listening", "what", "mqtt-ws", "addr", a.String())
-		}
+		// The embedded broker logs each of its listeners ("mqtt listening").
 		cl := eb.NewClient()
 		return &mqttBroker{client: cl, close: func(ctx context.Context) error {
 			return errors.Join(cl.Close(ctx), eb.Close(ctx))
