@@ -146,51 +146,18 @@ func (s *scanner) integer() (int64, error) {
 }
 
 func (s *scanner) functions(r *rawDescription) error {
-	if s.null() {
-		return nil
-	}
-	if !s.eat('[') {
-		return s.fail(`"f" is not an array`)
-	}
-	s.space()
-	if s.eat(']') {
-		return nil
-	}
-	for {
-		if len(r.functions)+len(r.variables) > MaxNames {
-			return fmt.Errorf("more than %d names", MaxNames)
-		}
+	return s.list(r, '[', ']', `"f" is not an array`, func() error {
 		name, err := s.str()
 		if err != nil {
 			return err
 		}
 		r.functions = append(r.functions, name)
-		s.space()
-		if s.eat(']') {
-			return nil
-		}
-		if !s.eat(',') {
-			return s.fail("missing ',' or ']'")
-		}
-		s.space()
-	}
+		return nil
+	})
 }
 
 func (s *scanner) variables(r *rawDescription) error {
-	if s.null() {
-		return nil
-	}
-	if !s.eat('{') {
-		return s.fail(`"v" is not an object`)
-	}
-	s.space()
-	if s.eat('}') {
-		return nil
-	}
-	for {
-		if len(r.functions)+len(r.variables) > MaxNames {
-			return fmt.Errorf("more than %d names", MaxNames)
-		}
+	return s.list(r, '{', '}', `"v" is not an object`, func() error {
 		name, err := s.str()
 		if err != nil {
 			return err
@@ -205,12 +172,36 @@ func (s *scanner) variables(r *rawDescription) error {
 			return err
 		}
 		r.variables = append(r.variables, nameType{name, typ})
+		return nil
+	})
+}
+
+// list reads null or a comma-separated run of items between open and
+// closer, stopping once the description holds more than MaxNames names.
+func (s *scanner) list(r *rawDescription, open, closer byte, notList string, item func() error) error {
+	if s.null() {
+		return nil
+	}
+	if !s.eat(open) {
+		return s.fail(notList)
+	}
+	s.space()
+	if s.eat(closer) {
+		return nil
+	}
+	for {
+		if len(r.functions)+len(r.variables) > MaxNames {
+			return fmt.Errorf("more than %d names", MaxNames)
+		}
+		if err := item(); err != nil {
+			return err
+		}
 		s.space()
-		if s.eat('}') {
+		if s.eat(closer) {
 			return nil
 		}
 		if !s.eat(',') {
-			return s.fail("missing ',' or '}'")
+			return s.fail("missing ',' or '" + string(closer) + "'")
 		}
 		s.space()
 	}
