@@ -355,6 +355,10 @@ func TestEventsToDevice(t *testing.T) {
 	p.write(msg.NewEventToDevice(p.nextID(), "other/x", []byte("no"), 60, false))
 	p.write(msg.NewEventToDevice(p.nextID(), "heater/cmd", []byte("on"), 60, false))
 	p.write(msg.NewEventToDevice(p.nextID(), "heater/x/y", nil, 120, true))
+	// A ping round trip: the device has handled the events above before
+	// the new subscription could match "other/x".
+	p.write(msg.NewPing(p.nextID()))
+	p.read()
 	// A dynamic subscription.
 	if err := d.Subscribe(ctxT(t), msg.Subscription{Prefix: "other"}); err != nil {
 		t.Fatal(err)
