@@ -101,3 +101,22 @@ func mustKnownKeys(t *testing.T) []string {
 	}
 	return k
 }
+
+// TestDeployGODEBUG: the Dockerfile and the systemd unit start the binary
+// with adaptivestackstart=0 (README, Memory). The runtime reads it only
+// from the environment at start: //go:debug and go.mod's godebug accept
+// only the compatibility settings.
+func TestDeployGODEBUG(t *testing.T) {
+	for _, tt := range []struct{ file, want string }{
+		{"Dockerfile", "\nENV GODEBUG=adaptivestackstart=0\n"},
+		{"systemd/spark2mqtt.service", "\nEnvironment=GODEBUG=adaptivestackstart=0\n"},
+	} {
+		b, err := os.ReadFile(filepath.Join(deployDir, tt.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), tt.want) {
+			t.Errorf("%s lacks %q", tt.file, strings.TrimSpace(tt.want))
+		}
+	}
+}
