@@ -57,6 +57,15 @@ const (
 	listenerWS  = "ws"
 )
 
+// clientReadBuffer is the size of the read buffer mochi gives each network
+// client (2 KiB by default), held for as long as the client is connected.
+// It holds the bytes read from the socket ahead of the packet being
+// decoded; the rest of a packet larger than the buffer is read straight
+// into the packet, so the size only bounds how many small packets (a
+// PUBACK is 4 bytes, a command a few dozen) one read brings in. The
+// broker's clients mostly receive; 512 bytes save 1.5 KiB per client.
+const clientReadBuffer = 512
+
 // New builds a broker from cfg and opens its listening sockets. It does not
 // serve until Start. Errors: ErrConfig, ErrUsersFile (naming the line), and
 // those of opening sockets, TLS files and the store.
@@ -100,9 +109,10 @@ func New(cfg Config) (*Broker, error) {
 		retain:    newRetainGuard(),
 	}
 	b.srv = mqtt.New(&mqtt.Options{
-		Capabilities:           caps,
-		Logger:                 slog.New(retainLogHook{quietHandler{cfg.Logger.Handler()}, b.retain}),
-		SysTopicResendInterval: int64(cfg.SysTopicInterval.Seconds()),
+		Capabilities:            caps,
+		Logger:                  slog.New(retainLogHook{quietHandler{cfg.Logger.Handler()}, b.retain}),
+		SysTopicResendInterval:  int64(cfg.SysTopicInterval.Seconds()),
+		ClientNetReadBufferSize: clientReadBuffer,
 	})
 	b.inline = b.srv.NewClient(nil, mqtt.LocalListener, "spark2mqtt-inline", true)
 	b.inline.Properties.ProtocolVersion = 5 // so MQTT 5 properties are kept
