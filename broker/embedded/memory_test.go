@@ -57,13 +57,18 @@ func TestIdleClientMemory(t *testing.T) {
 	if n == 0 {
 		t.Skip("set SPARK2MQTT_MEMTEST=<clients> (and raise ulimit -n) to measure")
 	}
+	// Every setting is read before the test runs again in a child, so that
+	// go test's cache tells the settings apart (churn is the client
+	// process's business, but it is read here too for that).
+	pending, _ := strconv.Atoi(os.Getenv("SPARK2MQTT_MEMTEST_PENDING"))
+	churn := os.Getenv("SPARK2MQTT_MEMTEST_CHURN") != ""
 	if !strings.Contains(os.Getenv("GODEBUG"), "adaptivestackstart=") {
 		runWithGODEBUG(t, deployedGODEBUG)
 		return
 	}
 	cfg := testConfig()
-	if p, _ := strconv.Atoi(os.Getenv("SPARK2MQTT_MEMTEST_PENDING")); p > 0 {
-		cfg.ClientWritesPending = p
+	if pending > 0 {
+		cfg.ClientWritesPending = pending
 	}
 	b := startBroker(t, cfg)
 	rss0, heap0, stack0 := memNow(t)
@@ -109,8 +114,8 @@ func TestIdleClientMemory(t *testing.T) {
 
 	rss1, heap1, stack1 := memNow(t)
 	perClient := func(a, b uint64) float64 { return (float64(b) - float64(a)) / 1024 / float64(n) }
-	t.Logf("ClientWritesPending=%d clients=%d: RSS %.1f KiB/client (%.1f → %.1f MiB); Go heap in use %.1f KiB/client; goroutine stacks %.1f KiB/client (%d goroutines)",
-		cfg.withDefaults().ClientWritesPending, n,
+	t.Logf("ClientWritesPending=%d clients=%d churn=%t: RSS %.1f KiB/client (%.1f → %.1f MiB); Go heap in use %.1f KiB/client; goroutine stacks %.1f KiB/client (%d goroutines)",
+		cfg.withDefaults().ClientWritesPending, n, churn,
 		perClient(rss0, rss1), float64(rss0)/(1<<20), float64(rss1)/(1<<20),
 		perClient(heap0, heap1), perClient(stack0, stack1), runtime.NumGoroutine())
 }
