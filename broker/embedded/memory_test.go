@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -114,10 +115,12 @@ func TestIdleClientMemory(t *testing.T) {
 
 	rss1, heap1, stack1 := memNow(t)
 	perClient := func(a, b uint64) float64 { return (float64(b) - float64(a)) / 1024 / float64(n) }
-	t.Logf("ClientWritesPending=%d clients=%d churn=%t: RSS %.1f KiB/client (%.1f → %.1f MiB); Go heap in use %.1f KiB/client; goroutine stacks %.1f KiB/client (%d goroutines)",
+	start := []metrics.Sample{{Name: "/gc/stack/starting-size:bytes"}}
+	metrics.Read(start)
+	t.Logf("ClientWritesPending=%d clients=%d churn=%t: RSS %.1f KiB/client (%.1f → %.1f MiB); Go heap in use %.1f KiB/client; goroutine stacks %.1f KiB/client (%d goroutines; a new one starts with %d KiB)",
 		cfg.withDefaults().ClientWritesPending, n, churn,
 		perClient(rss0, rss1), float64(rss0)/(1<<20), float64(rss1)/(1<<20),
-		perClient(heap0, heap1), perClient(stack0, stack1), runtime.NumGoroutine())
+		perClient(heap0, heap1), perClient(stack0, stack1), runtime.NumGoroutine(), start[0].Value.Uint64()>>10)
 }
 
 // deployedGODEBUG is the GODEBUG setting deploy/Dockerfile and the systemd
