@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/spark2mqtt/spark2mqtt/broker"
 )
 
 // Memory per idle MQTT client. Gated because it opens 2 × n sockets:
@@ -29,6 +31,10 @@ import (
 // SPARK2MQTT_MEMTEST_CHURN=1 connects every client twice (all connect, all
 // leave, all connect again), so freed memory is reused as in a broker that
 // has run for a while.
+//
+// SPARK2MQTT_MEMTEST_SUBSCRIBE=1 has every client subscribe to a topic
+// with a retained message and receive it, as Home Assistant and other
+// subscribers do, so each client's write loop has written a message.
 //
 // The broker runs with the GODEBUG it is deployed with (deployedGODEBUG).
 // When GODEBUG does not name that setting, the test runs again in a child
@@ -46,13 +52,17 @@ import (
 // RSS per client, fresh or with churn: 20 KiB of goroutine stacks and 6.3
 // KiB of heap. The stacks are mochi's two goroutines per client, and no
 // setting lowers them. The read loop (our listener's goroutine, running
-// mochi's attachClient) goes 11 KiB deep for every packet it reads, because
+// mochi's attachClient) goes 11 to 14 KiB deep for every packet it reads:
 // attachClient, Client.Read, ReadPacket and Hooks.OnPacketRead each hold
-// copies of the 800-byte packets.Packet in their frames; so its stack
+// copies of the 800-byte packets.Packet in their frames. So its stack
 // grows to 16 KiB at CONNECT, and it keeps 5.7 KiB in use while it waits,
 // more than the quarter the GC requires before it halves a stack. The write
 // loop keeps 2.2 KiB of its 4 KiB in use. A bare mochi server (its own TCP
-// listener, no hooks of ours) holds the same 16 + 4 KiB per client.
+// listener, no hooks of ours) holds the same 16 + 4 KiB per client. Once a
+// client has received a message, its write loop has gone deeper than 4 KiB
+// (mochi's WriteLoop and WritePacket frames alone take 3.5 KiB) and keeps
+// 8 KiB: 24 KiB of stacks and 29 KiB of RSS per subscribed client
+// (SPARK2MQTT_MEMTEST_SUBSCRIBE=1).
 func TestIdleClientMemory(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("SPARK2MQTT_MEMTEST"))
 	if n == 0 {
@@ -63,6 +73,7 @@ func TestIdleClientMemory(t *testing.T) {
 	// process's business, but it is read here too for that).
 	pending, _ := strconv.Atoi(os.Getenv("SPARK2MQTT_MEMTEST_PENDING"))
 	churn := os.Getenv("SPARK2MQTT_MEMTEST_CHURN") != ""
+	subscribe := os.Getenv("SPARK2MQTT_MEMTEST_SUBSCRIBE") != ""
 	if !strings.Contains(os.Getenv("GODEBUG"), "adaptivestackstart=") {
 		runWithGODEBUG(t, deployedGODEBUG)
 		return
@@ -72,6 +83,13 @@ func TestIdleClientMemory(t *testing.T) {
 		cfg.ClientWritesPending = pending
 	}
 	b := startBroker(t, cfg)
+	if subscribe {
+		c := b.NewClient()
+		defer func() { _ = c.Close(ctxT(t)) }()
+		if err := c.Publish(ctxT(t), broker.Message{Topic: memTestTopic, Payload: []byte("42"), Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	rss0, heap0, stack0 := memNow(t)
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestMemoryClients$", "-test.v")
@@ -117,8 +135,8 @@ func TestIdleClientMemory(t *testing.T) {
 	perClient := func(a, b uint64) float64 { return (float64(b) - float64(a)) / 1024 / float64(n) }
 	start := []metrics.Sample{{Name: "/gc/stack/starting-size:bytes"}}
 	metrics.Read(start)
-	t.Logf("ClientWritesPending=%d clients=%d churn=%t: RSS %.1f KiB/client (%.1f → %.1f MiB); Go heap in use %.1f KiB/client; goroutine stacks %.1f KiB/client (%d goroutines; a new one starts with %d KiB)",
-		cfg.withDefaults().ClientWritesPending, n, churn,
+	t.Logf("ClientWritesPending=%d clients=%d churn=%t subscribe=%t: RSS %.1f KiB/client (%.1f → %.1f MiB); Go heap in use %.1f KiB/client; goroutine stacks %.1f KiB/client (%d goroutines; a new one starts with %d KiB)",
+		cfg.withDefaults().ClientWritesPending, n, churn, subscribe,
 		perClient(rss0, rss1), float64(rss0)/(1<<20), float64(rss1)/(1<<20),
 		perClient(heap0, heap1), perClient(stack0, stack1), runtime.NumGoroutine(), start[0].Value.Uint64()>>10)
 }
@@ -201,6 +219,7 @@ func TestMemoryClients(t *testing.T) {
 	// With churn, every client connects, all disconnect, and all connect
 	// again: the broker's memory is then reused rather than fresh, as in a
 	// broker that has run for a while.
+	subscribe := os.Getenv("SPARK2MQTT_MEMTEST_SUBSCRIBE") != ""
 	rounds := 1
 	if os.Getenv("SPARK2MQTT_MEMTEST_CHURN") != "" {
 		rounds = 2
@@ -220,6 +239,11 @@ func TestMemoryClients(t *testing.T) {
 			wg.Go(func() {
 				for i := range next {
 					c, err := connectIdle(addr, fmt.Sprintf("idle-%d", i))
+					if err == nil && subscribe {
+						if err = subscribeRetained(c); err != nil {
+							_ = c.Close()
+						}
+					}
 					if err != nil {
 						select {
 						case errs <- err:
@@ -280,4 +304,44 @@ func connectIdle(addr, id string) (net.Conn, error) {
 	}
 	_ = c.SetDeadline(time.Time{})
 	return c, nil
+}
+
+// memTestTopic holds the retained message of SPARK2MQTT_MEMTEST_SUBSCRIBE.
+const memTestTopic = "spark/memtest/var/value"
+
+// subscribeRetained subscribes c (connected by connectIdle) to
+// memTestTopic at QoS 0 and reads the SUBACK and the retained message.
+func subscribeRetained(c net.Conn) error {
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+		ProtocolVersion: 4,
+		PacketID:        1,
+		Filters:         packets.Subscriptions{{Filter: memTestTopic}},
+	}
+	var buf bytes.Buffer
+	if err := pk.SubscribeEncode(&buf); err != nil {
+		return err
+	}
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		return err
+	}
+	// The SUBACK and the PUBLISH, in either order; both are shorter than
+	// 128 bytes, so their remaining length is one byte.
+	got := map[byte]bool{}
+	for range 2 {
+		h := make([]byte, 2)
+		if _, err := io.ReadFull(c, h); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c, make([]byte, h[1])); err != nil {
+			return err
+		}
+		got[h[0]>>4] = true
+	}
+	if !got[packets.Suback] || !got[packets.Publish] {
+		return fmt.Errorf("subscribe %s: got packet types %v, want SUBACK and PUBLISH", memTestTopic, got)
+	}
+	return nil
 }
