@@ -298,7 +298,12 @@ func TestHandshakeSlots(t *testing.T) {
 	waitFor(t, waitLong, "failure", func() bool { return ts.failures(Handshake) == 1 })
 	<-ts.srv.slots
 
-	// Four devices at once through one slot.
+	// Four devices at once through one slot. Each waits its turn within
+	// its handshake deadline, so a slow machine gets a long one.
+	ts = startServer(t, func(c *Config) {
+		c.MaxHandshakes = 1
+		c.HandshakeTimeout = waitLong
+	})
 	done := make(chan struct{}, 4)
 	for i := range 4 {
 		go func() {
