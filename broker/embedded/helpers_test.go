@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"))
 }
 
-const testTimeout = 10 * time.Second
+const testTimeout = 30 * time.Second
 
 // testConfig is a Config on loopback ports chosen by the kernel.
 func testConfig() Config {
