@@ -3,6 +3,7 @@ package external
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -275,14 +276,14 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 		c.mu.Unlock()
 		return broker.ErrClosed
 	}
-	pc := c.live
+	pc, down := c.live, c.downCh
 	if m.QoS == 0 {
 		c.mu.Unlock()
 		if pc == nil {
 			return fmt.Errorf("external: publish %q: %w", m.Topic, broker.ErrNotConnected)
 		}
 		tok := pc.Publish(m.Topic, 0, m.Retain, payload)
-		if err := wait(ctx, tok); err != nil {
+		if err := wait(ctx, down, tok); err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("external: publish %q: %w", m.Topic, err)
 			}
@@ -297,15 +298,13 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 	c.mu.Unlock()
 
 	tok := pc.Publish(m.Topic, m.QoS, m.Retain, payload)
-	select {
-	case <-tok.Done():
-	case <-ctx.Done():
-		c.inflight.Done()
-		return fmt.Errorf("external: publish %q: %w", m.Topic, ctx.Err())
-	}
+	err := wait(ctx, down, tok)
 	c.inflight.Done()
-	if tok.Error() == nil {
+	if err == nil {
 		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("external: publish %q: %w", m.Topic, err)
 	}
 	// The connection failed under the message: it goes to the buffer and
 	// out with the next connection.
@@ -354,11 +353,26 @@ func (c *Client) wake() {
 	}
 }
 
-// wait waits for a paho token or ctx.
-func wait(ctx context.Context, tok paho.Token) error {
+// errConnectionEnded is wait's answer when the connection a token belongs
+// to ended before the token completed.
+var errConnectionEnded = errors.New("connection ended before the broker acknowledged")
+
+// wait waits for a paho token, the end of its connection (down) or ctx.
+// The end of the connection must be watched: paho completes the tokens of
+// unacknowledged messages when a clean-session connection is lost, but
+// never with a persistent session (it keeps them for a resume we do not
+// use, on a paho client we throw away).
+func wait(ctx context.Context, down <-chan struct{}, tok paho.Token) error {
 	select {
 	case <-tok.Done():
 		return tok.Error()
+	case <-down:
+		select {
+		case <-tok.Done():
+			return tok.Error()
+		default:
+			return errConnectionEnded
+		}
 	case <-ctx.Done():
 		return ctx.Err()
 	}

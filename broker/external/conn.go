@@ -403,8 +403,15 @@ func (c *Client) drain(pc paho.Client, stop <-chan struct{}) error {
 	var window []flight
 	for {
 		for len(window) < drainWindow {
+			// Not on a connection paho has lost, even before serve has
+			// noticed: a direct Publish whose token failed with it may
+			// have just buffered its message and kicked us.
+			open := pc.IsConnectionOpen()
 			c.mu.Lock()
-			e := c.out.popFront()
+			var e *entry
+			if open && c.live == pc {
+				e = c.out.popFront()
+			}
 			c.draining = e != nil
 			c.mu.Unlock()
 			if e == nil {
@@ -412,8 +419,8 @@ func (c *Client) drain(pc paho.Client, stop <-chan struct{}) error {
 			}
 			// Taken out under mu with draining set, handed to paho before
 			// draining is cleared: a direct Publish cannot overtake it.
-			window = append(window, flight{e, pc.Publish(e.topic, e.qos, e.retain, e.payload)})
 			c.nResent.Add(1)
+			window = append(window, flight{e, pc.Publish(e.topic, e.qos, e.retain, e.payload)})
 		}
 		if len(window) == 0 {
 			c.mu.Lock()

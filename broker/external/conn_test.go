@@ -592,6 +592,54 @@ func TestCloseFlushesBuffer(t *testing.T) {
 	}
 }
 
+// TestPublishInFlightWhenConnectionDrops: a QoS 1 Publish sent straight to
+// the broker whose PUBACK never comes because the connection drops is
+// buffered and sent again with the next connection, with a clean session
+// and with a persistent one (where paho itself never completes the
+// message's token).
+func TestPublishInFlightWhenConnectionDrops(t *testing.T) {
+	for _, persistent := range []bool{false, true} {
+		t.Run(fmt.Sprintf("persistent=%v", persistent), func(t *testing.T) {
+			var conns atomic.Int32
+			got := make(chan publishPacket, 10)
+			f := newFakeBroker(t, func(c net.Conn, r *bufio.Reader) {
+				if conns.Add(1) > 1 {
+					ackPublishes(got)(c, r)
+					return
+				}
+				// The first connection takes the PUBLISH and hangs up
+				// without a PUBACK.
+				for {
+					h, _, err := readPacket(r)
+					if err != nil {
+						return
+					}
+					switch h >> 4 {
+					case 1:
+						_, _ = c.Write([]byte{0x20, 2, 0, 0})
+					case 3:
+						return
+					case 12:
+						_, _ = c.Write([]byte{0xd0, 0})
+					}
+				}
+			})
+			cfg, _ := testConfig(t, "tcp://"+f.addr)
+			cfg.ClientID, cfg.PersistentSession = "inflight", persistent
+			c := dial(t, cfg)
+			if err := c.Publish(ctxT(t), broker.Message{Topic: "in/flight", Payload: []byte("x"), QoS: 1}); err != nil {
+				t.Fatalf("Publish: %v", err)
+			}
+			if p := <-got; p.topic != "in/flight" || p.payload != "x" || p.qos != 1 {
+				t.Errorf("the second connection got %+v", p)
+			}
+			if s := c.Stats(); s.Connects != 2 || s.Resent != 1 {
+				t.Errorf("Stats = %+v, want Connects 2, Resent 1", s)
+			}
+		})
+	}
+}
+
 func TestCloseBeforeStart(t *testing.T) {
 	cfg, lb := testConfig(t, "tcp://127.0.0.1:1")
 	c, err := New(cfg)

@@ -140,3 +140,51 @@ func ignoreSubscriptions(c net.Conn, r *bufio.Reader) {
 		}
 	}
 }
+
+// publishPacket is a PUBLISH as the fake broker received it.
+type publishPacket struct {
+	topic   string
+	qos     byte
+	payload string
+}
+
+// parsePublish decodes the body of a PUBLISH whose first byte is h.
+func parsePublish(h byte, body []byte) (p publishPacket, mid []byte) {
+	p.qos = h >> 1 & 3
+	l := int(binary.BigEndian.Uint16(body))
+	p.topic = string(body[2 : 2+l])
+	rest := body[2+l:]
+	if p.qos > 0 {
+		mid, rest = rest[:2], rest[2:]
+	}
+	p.payload = string(rest)
+	return p, mid
+}
+
+// ackPublishes accepts the connection, acknowledges every QoS 1 PUBLISH
+// and sends what it received to got; it answers PINGREQ and ends at
+// DISCONNECT.
+func ackPublishes(got chan<- publishPacket) func(net.Conn, *bufio.Reader) {
+	return func(c net.Conn, r *bufio.Reader) {
+		for {
+			h, body, err := readPacket(r)
+			if err != nil {
+				return
+			}
+			switch h >> 4 {
+			case 1:
+				_, _ = c.Write([]byte{0x20, 2, 0, 0})
+			case 3:
+				p, mid := parsePublish(h, body)
+				if p.qos == 1 {
+					_, _ = c.Write(append([]byte{0x40, 2}, mid...))
+				}
+				got <- p
+			case 12:
+				_, _ = c.Write([]byte{0xd0, 0})
+			case 14:
+				return
+			}
+		}
+	}
+}
