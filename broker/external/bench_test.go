@@ -241,3 +241,60 @@ func BenchmarkThroughputParallel(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkLatencyPaired is BenchmarkLatency with the two sides taking
+// turns, one message each, on the same Mosquitto: both see the same
+// machine at the same moments, so their ratio holds on a machine whose load
+// changes from one second to the next (where the ratio of two runs taken a
+// second apart does not). It reports each side's percentiles and the
+// ratios iface/paho; ns/op is one message of each.
+func BenchmarkLatencyPaired(b *testing.B) {
+	mq := mosquittotest.Start(b, mosquittotest.Options{Extra: benchBroker})
+	for _, qos := range []byte{0, 1} {
+		b.Run(fmt.Sprintf("qos=%d", qos), func(b *testing.B) {
+			type side struct {
+				lat   *latencies
+				pub   publisher
+				topic string
+				sent  int64
+			}
+			var sides [2]*side
+			for i, via := range vias {
+				s := &side{lat: newLatencies(), topic: fmt.Sprintf("bench/pair/%s/%d/%d", via.name, qos, time.Now().UnixNano())}
+				s.pub = via.make(b, mq, s.topic, qos, s.lat)
+				sides[i] = s
+			}
+			one := func(s *side) {
+				if err := s.pub.publish(s.topic, qos, payload()); err != nil {
+					b.Fatal(err)
+				}
+				s.sent++
+				for s.lat.got.Load() < s.sent {
+					<-s.lat.sig
+				}
+			}
+			b.ReportAllocs()
+			turn := 0
+			for b.Loop() {
+				// Alternate who goes first, so neither always follows the other.
+				one(sides[turn])
+				one(sides[1-turn])
+				turn = 1 - turn
+			}
+			var p50, p99 [2]float64
+			for i, s := range sides {
+				ns := slices.Clone(s.lat.ns)
+				if len(ns) == 0 {
+					return
+				}
+				slices.Sort(ns)
+				p50[i] = float64(ns[len(ns)/2]) / 1e3
+				p99[i] = float64(ns[int(0.99*float64(len(ns)-1))]) / 1e3
+				b.ReportMetric(p50[i], vias[i].name+"-p50-µs")
+				b.ReportMetric(p99[i], vias[i].name+"-p99-µs")
+			}
+			b.ReportMetric(p50[1]/p50[0], "p50-ratio")
+			b.ReportMetric(p99[1]/p99[0], "p99-ratio")
+		})
+	}
+}

@@ -558,7 +558,18 @@ func (c *Client) publishViewLocked() {
 // route is paho's default publish handler, called on paho's router
 // goroutine for every incoming message. It never blocks: each matching
 // subscription gets the message through a non-blocking send to its queue.
+//
+// It acknowledges the message (PUBACK, PUBREC) first, before the hand-off,
+// where paho would do it right after route returns: the acknowledgement
+// does not depend on the handler either way, and paho's message acks only
+// once. The order matters for latency. A hand-off to a waiting goroutine
+// makes it the next to run here, and the last hand-off wins that place:
+// had paho's ack hand-off come last, the whole acknowledgement (three
+// goroutines and a write) would run before the handler. Measured, that was
+// most of the extra publish → handler latency of QoS 1 over a handler that
+// paho calls inline.
 func (c *Client) route(_ paho.Client, pm paho.Message) {
+	pm.Ack()
 	v := c.view.Load()
 	if v == nil {
 		return
