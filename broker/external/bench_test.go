@@ -298,3 +298,71 @@ func BenchmarkLatencyPaired(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkThroughputPaired is BenchmarkThroughput with the two sides
+// taking turns, a burst of messages each, on the same Mosquitto (see
+// BenchmarkLatencyPaired for why). Each burst is published as fast as one
+// goroutine can and timed twice: until the last Publish returned (pub) and
+// until the subscriber's handler has the last message (e2e). It reports each
+// side's time per message and the ratios iface/paho; ns/op is one burst of
+// each.
+func BenchmarkThroughputPaired(b *testing.B) {
+	const burst = 20
+	mq := mosquittotest.Start(b, mosquittotest.Options{Extra: benchBroker})
+	for _, qos := range []byte{0, 1} {
+		b.Run(fmt.Sprintf("qos=%d", qos), func(b *testing.B) {
+			type side struct {
+				lat      *latencies
+				pub      publisher
+				topic    string
+				sent     int64
+				took, e2e time.Duration
+			}
+			var sides [2]*side
+			for i, via := range vias {
+				s := &side{lat: newLatencies(), topic: fmt.Sprintf("bench/tpair/%s/%d/%d", via.name, qos, time.Now().UnixNano())}
+				s.pub = via.make(b, mq, s.topic, qos, s.lat)
+				sides[i] = s
+			}
+			one := func(s *side) {
+				start := time.Now()
+				for range burst {
+					if err := s.pub.publish(s.topic, qos, payload()); err != nil {
+						b.Fatal(err)
+					}
+				}
+				s.sent += burst
+				s.took += time.Since(start)
+				timeout := time.NewTimer(opTimeout)
+				defer timeout.Stop()
+				for s.lat.got.Load() < s.sent {
+					select {
+					case <-s.lat.sig:
+					case <-timeout.C:
+						b.Fatalf("%d of %d messages arrived", s.lat.got.Load(), s.sent)
+					}
+				}
+				s.e2e += time.Since(start)
+			}
+			b.ReportAllocs()
+			turn := 0
+			for b.Loop() {
+				one(sides[turn])
+				one(sides[1-turn])
+				turn = 1 - turn
+			}
+			for _, s := range sides {
+				if s.sent == 0 {
+					return
+				}
+			}
+			per := func(d time.Duration, s *side) float64 { return float64(d.Nanoseconds()) / float64(s.sent) }
+			for i, s := range sides {
+				b.ReportMetric(per(s.took, s), vias[i].name+"-pub-ns/msg")
+				b.ReportMetric(per(s.e2e, s), vias[i].name+"-e2e-ns/msg")
+			}
+			b.ReportMetric(per(sides[1].took, sides[1])/per(sides[0].took, sides[0]), "pub-ratio")
+			b.ReportMetric(per(sides[1].e2e, sides[1])/per(sides[0].e2e, sides[0]), "e2e-ratio")
+		})
+	}
+}

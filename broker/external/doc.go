@@ -39,10 +39,13 @@
 // unsubscribed at the next connect, so the broker stops queueing for it.
 //
 // paho's router calls our one default handler on its goroutine, in order
-// (OrderMatters stays true). That handler only matches the topic against the
-// registry and offers the message to each matching subscription's bounded
-// queue with a non-blocking send; one goroutine per subscription calls the
-// Handler. A slow handler fills its own queue and its messages are dropped
+// (OrderMatters stays true). That handler acknowledges the message, then
+// only matches the topic against the registry and offers the message to
+// each matching subscription's bounded queue with a non-blocking send; one
+// goroutine per subscription calls the Handler. Acknowledging before the
+// hand-off rather than after it (where paho would) lets the woken delivery
+// goroutine run before the acknowledgement is written, as an inline handler
+// would. A slow handler fills its own queue and its messages are dropped
 // and counted (Stats.Dropped, a rate-limited warning); it never stalls paho,
 // the other subscriptions or the acknowledgements, and order is kept within
 // each subscription. This is the "equivalent" of SetOrderMatters(false) that
@@ -58,7 +61,9 @@
 // flight go back to the front of the buffer, and a message whose direct
 // Publish was waiting for its PUBACK goes to the back (that Publish had not
 // returned, so it has no order relative to what was buffered meanwhile) and
-// its Publish returns nil. After each connect, once the subscriptions are
+// its Publish returns nil. That Publish watches the connection's end as
+// well as paho's token: with a persistent session paho never completes the
+// tokens of a lost connection. After each connect, once the subscriptions are
 // restored, the buffer is sent oldest first; new publishes queue behind it
 // until it is empty, so a newer value never overtakes an older one.
 //
