@@ -312,10 +312,10 @@ func BenchmarkThroughputPaired(b *testing.B) {
 	for _, qos := range []byte{0, 1} {
 		b.Run(fmt.Sprintf("qos=%d", qos), func(b *testing.B) {
 			type side struct {
-				lat      *latencies
-				pub      publisher
-				topic    string
-				sent     int64
+				lat       *latencies
+				pub       publisher
+				topic     string
+				sent      int64
 				took, e2e time.Duration
 			}
 			var sides [2]*side
