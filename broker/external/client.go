@@ -303,7 +303,7 @@ func (c *Client) Publish(ctx context.Context, m broker.Message) error {
 	if err == nil {
 		return nil
 	}
-	if ctx.Err() != nil {
+	if errors.Is(err, ctx.Err()) { // ctx ended before the broker answered
 		return fmt.Errorf("external: publish %q: %w", m.Topic, err)
 	}
 	// The connection failed under the message: it goes to the buffer and
