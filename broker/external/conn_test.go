@@ -58,14 +58,7 @@ func shortCtx(t testing.TB, d time.Duration) context.Context {
 func TestUnreachableThenReady(t *testing.T) {
 	addr := mosquittotest.FreeAddr(t)
 	cfg, lb := testConfig(t, "tcp://"+addr)
-	c, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeT(t, c)
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
+	c := startT(t, cfg)
 	if err := c.Start(); err != nil {
 		t.Fatalf("second Start: %v", err)
 	}
@@ -83,7 +76,7 @@ func TestUnreachableThenReady(t *testing.T) {
 	if c.Ready() {
 		t.Fatal("Ready with no broker")
 	}
-	err = c.WaitReady(shortCtx(t, 50*time.Millisecond))
+	err := c.WaitReady(shortCtx(t, 50*time.Millisecond))
 	if !errors.Is(err, ErrUnreachable) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("WaitReady: got %v, want ErrUnreachable and DeadlineExceeded", err)
 	}
@@ -283,14 +276,7 @@ func TestTLS(t *testing.T) {
 	t.Run("wrong CA", func(t *testing.T) {
 		cfg, lb := testConfig(t, mq.TLSURL)
 		cfg.CAFile = other.CAFile
-		c, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeT(t, c)
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
+		c := startT(t, cfg)
 		line := lb.waitLog(t, "broker tls handshake failed")
 		for _, want := range []string{"level=ERROR", "reason=tls", "certificate signed by unknown authority"} {
 			if !strings.Contains(line, want) {
@@ -312,27 +298,13 @@ func TestTLS(t *testing.T) {
 	})
 	t.Run("tcp to the TLS port", func(t *testing.T) {
 		cfg, lb := testConfig(t, "tcp://"+mq.TLSAddr)
-		c, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeT(t, c)
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
+		startT(t, cfg)
 		lb.waitLog(t, "broker connect failed", "reason=handshake")
 	})
 	t.Run("ssl to the plain port", func(t *testing.T) {
 		cfg, lb := testConfig(t, "ssl://"+mq.Addr)
 		cfg.CAFile = pki.CAFile
-		c, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeT(t, c)
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
+		startT(t, cfg)
 		lb.waitLog(t, "broker tls handshake failed", "reason=tls")
 	})
 
@@ -345,14 +317,7 @@ func TestTLS(t *testing.T) {
 	t.Run("client certificate missing", func(t *testing.T) {
 		cfg, lb := testConfig(t, mtls.TLSURL)
 		cfg.CAFile = pki.CAFile
-		c, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeT(t, c)
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
+		c := startT(t, cfg)
 		// TLS 1.3 reports the missing certificate after the handshake, on
 		// the first read (waiting for CONNACK): still a TLS failure.
 		lb.waitLog(t, "broker tls handshake failed", "reason=tls", "attempt=2")
@@ -383,14 +348,7 @@ func TestWebSocket(t *testing.T) {
 	t.Run("wss wrong CA", func(t *testing.T) {
 		cfg, lb := testConfig(t, wss.URL)
 		cfg.CAFile = mosquittotest.NewPKI(t, "").CAFile
-		c, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closeT(t, c)
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
+		startT(t, cfg)
 		lb.waitLog(t, "broker tls handshake failed", "reason=tls")
 	})
 }

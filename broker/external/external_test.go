@@ -111,6 +111,24 @@ func dial(t testing.TB, cfg Config) *Client {
 // (for an OnConnect that needs it).
 func dialWith(t testing.TB, cfg Config, before func(*Client)) *Client {
 	t.Helper()
+	c := startWith(t, cfg, before)
+	if err := c.WaitReady(ctxT(t)); err != nil {
+		t.Fatalf("WaitReady(%s): %v", cfg.URL, err)
+	}
+	return c
+}
+
+// startT starts a Client on cfg without waiting for it to be ready; the
+// test's cleanup closes it.
+func startT(t testing.TB, cfg Config) *Client {
+	t.Helper()
+	return startWith(t, cfg, nil)
+}
+
+// startWith is startT with a hook that sees the Client between New and
+// Start.
+func startWith(t testing.TB, cfg Config, before func(*Client)) *Client {
+	t.Helper()
 	c, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New(%s): %v", cfg.URL, err)
@@ -121,9 +139,6 @@ func dialWith(t testing.TB, cfg Config, before func(*Client)) *Client {
 	}
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
-	}
-	if err := c.WaitReady(ctxT(t)); err != nil {
-		t.Fatalf("WaitReady(%s): %v", cfg.URL, err)
 	}
 	return c
 }
