@@ -208,7 +208,7 @@ func publishLoad(ctx context.Context, stdout io.Writer, devs []*devsim.Device, n
 						}
 					}
 				}
-				if d.Publish(ctx, name, data, 60, false) == nil {
+				if d.Emit(ctx, name, data, 60, false) == nil {
 					sent.Add(1)
 				} else {
 					failed.Add(1)

@@ -209,6 +209,30 @@ func (d *Device) Publish(ctx context.Context, name string, data []byte, ttl uint
 	return l.do(ctx, func() error { return l.publish(name, data, ttl, private) })
 }
 
+// Emit is Publish for load generation: it returns once the device's
+// protocol loop has the event, without waiting for the loop to encode it and
+// queue it for writing, which saves a hand-off back to the caller per event.
+// What Publish would report after that point can only be the end of the
+// connection, which Run reports. Errors: ErrNotConnected, ErrRateLimited,
+// ctx's error.
+func (d *Device) Emit(ctx context.Context, name string, data []byte, ttl uint32, private bool) error {
+	l := d.current()
+	if l == nil {
+		return ErrNotConnected
+	}
+	if !d.allowEvent(time.Now()) {
+		return ErrRateLimited
+	}
+	select {
+	case l.cmds <- func() { _ = l.publish(name, data, ttl, private) }:
+		return nil
+	case <-l.ctx.Done():
+		return ErrNotConnected
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Subscribe adds an application subscription, like Particle.subscribe: it
 // is sent at once when the application is running on a connection, and
 // again after every connect. It returns once the Subscribe is queued, or

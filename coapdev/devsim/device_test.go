@@ -467,16 +467,23 @@ func TestPublish(t *testing.T) {
 		}},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			p, d, hello, _ := newPeer(t, Config{Firmware: tc.fw, DeviceID: testID})
-			p.connect(d)
-			if err := d.Publish(ctxT(t), tc.ev, tc.data, tc.ttl, tc.private); err != nil {
-				t.Fatal(err)
-			}
-			if got, want := p.readRaw(), tc.want(hello.ID+1); !bytes.Equal(got, want) {
-				t.Errorf("got %x, want %x", got, want)
-			}
-		})
+		// Emit sends the same bytes as Publish; it only returns earlier.
+		for _, method := range []string{"Publish", "Emit"} {
+			t.Run(tc.name+"/"+method, func(t *testing.T) {
+				p, d, hello, _ := newPeer(t, Config{Firmware: tc.fw, DeviceID: testID})
+				p.connect(d)
+				send := d.Publish
+				if method == "Emit" {
+					send = d.Emit
+				}
+				if err := send(ctxT(t), tc.ev, tc.data, tc.ttl, tc.private); err != nil {
+					t.Fatal(err)
+				}
+				if got, want := p.readRaw(), tc.want(hello.ID+1); !bytes.Equal(got, want) {
+					t.Errorf("got %x, want %x", got, want)
+				}
+			})
+		}
 	}
 }
 
