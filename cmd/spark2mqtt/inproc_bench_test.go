@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"runtime/trace"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// startInProcess runs serve in this process (for the execution tracer and
+// profiles of the whole path: go test -trace, -cpuprofile) on loopback
+// ports with the data dir, and returns its device and MQTT addresses. It
+// stops serve and waits for it at the test's end.
+func startInProcess(t testing.TB, dataDir string) (deviceAddr, mqttAddr string) {
+	t.Helper()
+	for _, kv := range [][2]string{
+		{"SPARK2MQTT_DATA_DIR", dataDir},
+		{"SPARK2MQTT_DEVICE_LISTEN", "127.0.0.1:0"},
+		{"SPARK2MQTT_MQTT_LISTEN", "127.0.0.1:0"},
+		{"SPARK2MQTT_POLL_INTERVAL", "1h"},
+		{"SPARK2MQTT_LOG_LEVEL", "info"},
+		{"SPARK2MQTT_LOG_FORMAT", "json"},
+	} {
+		t.Setenv(kv[0], kv[1])
+	}
+	c, err := loadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	log := newLogger(c, pw)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { // ends when ctx is cancelled; waited for at cleanup
+		served <- serve(ctx, c, log)
+		pw.Close()
+	}()
+	var mu sync.Mutex
+	addrs := map[string]string{}
+	ready := make(chan struct{})
+	scanned := make(chan struct{})
+	go func() { // ends when serve returns and closes pw
+		defer close(scanned)
+		var once sync.Once
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil || m["msg"] != "listening" {
+				continue
+			}
+			mu.Lock()
+			w, _ := m["what"].(string)
+			addrs[w], _ = m["addr"].(string)
+			if addrs["devices"] != "" && addrs["mqtt"] != "" {
+				once.Do(func() { close(ready) })
+			}
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+		<-scanned
+	})
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not listen within 30 s")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return addrs["devices"], addrs["mqtt"]
+}
+
+// BenchmarkMQTTCallRoundTripInProcess is BenchmarkMQTTCallRoundTrip with
+// serve and the device in this process, so that `go test -trace` and
+// `-cpuprofile` see every goroutine of the path; each call is marked in the
+// trace by the user log records "call start" and "call end". It leaves out
+// what separate processes add (waking another process per hop), which
+// BenchmarkMQTTCallRoundTrip measures.
+func BenchmarkMQTTCallRoundTripInProcess(b *testing.B) {
+	dataDir := b.TempDir()
+	devAddr, mqttAddr := startInProcess(b, dataDir)
+	h := newSimHeater(b, dataDir)
+	h.connect(devAddr)
+	base := "spark/" + heaterID + "/fn/heater"
+
+	results := make(chan string, 16)
+	opts := mqtt.NewClientOptions().AddBroker("tcp://" + mqttAddr).SetClientID("bench-rt").SetAutoReconnect(false)
+	cl := mqtt.NewClient(opts)
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		b.Fatal(tok.Error())
+	}
+	b.Cleanup(func() { cl.Disconnect(100) })
+	if tok := cl.Subscribe(base+"/result", 0, func(_ mqtt.Client, m mqtt.Message) {
+		if !m.Retained() {
+			results <- string(m.Payload())
+		}
+	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		b.Fatal(tok.Error())
+	}
+	w := newWatcher(b, mqttAddr, "spark/"+heaterID+"/availability")
+	w.wait(0, "spark/"+heaterID+"/availability", 20*time.Second, equals("online"))
+
+	call := func(arg string) time.Duration {
+		start := time.Now()
+		trace.Log(context.Background(), "call", "start")
+		cl.Publish(base, 0, false, arg)
+		select {
+		case r := <-results:
+			trace.Log(context.Background(), "call", "end")
+			if jsonField(r)["return_value"] == nil {
+				b.Fatalf("call %s: result %s", arg, r)
+			}
+		case <-time.After(10 * time.Second):
+			b.Fatalf("call %s: no result within 10 s", arg)
+		}
+		return time.Since(start)
+	}
+	for range 50 {
+		call("on")
+	}
+	var lat []time.Duration
+	args := [2]string{"on", "off"}
+	i := 0
+	for b.Loop() {
+		lat = append(lat, call(args[i&1]))
+		i++
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(percentile(lat, 50).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(percentile(lat, 99).Microseconds()), "p99-µs")
+}
