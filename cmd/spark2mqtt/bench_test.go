@@ -107,7 +107,8 @@ func BenchmarkMQTTCallRoundTrip(b *testing.B) {
 // iteration is one such run (use -benchtime=1x and -count). It reports the
 // rate delivered (events received ÷ time from the start of publishing to
 // the last arrival), the rate the devices achieved, the events lost
-// (published minus received) and the server's CPU time per event.
+// (published minus received) and the CPU time per event of the server, the
+// simulator and (EVENTS_SUBSCRIBER=mosquitto_sub) the subscriber.
 // Delivered ≈ offered with none lost is a sustained rate; EVENTS_RATE=0
 // offers as fast as the devices can publish (a flood, which the server's
 // bounded queues may trim).
@@ -143,6 +144,7 @@ func BenchmarkEventsToMQTT(b *testing.B) {
 		got.Add(n)
 		lastAt.Store(time.Now().UnixNano())
 	}
+	subPID := 0 // mosquitto_sub's, when it is the subscriber
 	opts := mqtt.NewClientOptions().AddBroker("tcp://" + srv.MQTTAddr).SetClientID("bench-ev").SetAutoReconnect(false)
 	cl := mqtt.NewClient(opts)
 	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -155,7 +157,7 @@ func BenchmarkEventsToMQTT(b *testing.B) {
 			b.Fatal(tok.Error())
 		}
 	case "mosquitto_sub":
-		mosquittoSub(b, srv.MQTTAddr, qos, "spark/+/event/bench", arrived)
+		subPID = mosquittoSub(b, srv.MQTTAddr, qos, "spark/+/event/bench", arrived)
 	default:
 		b.Fatalf("EVENTS_SUBSCRIBER=%q: want paho or mosquitto_sub", sub)
 	}
@@ -176,6 +178,8 @@ func BenchmarkEventsToMQTT(b *testing.B) {
 		// The clock starts once the bridge has announced every device.
 		waitFor(b, time.Minute, "every device online", func() bool { return online.Load() >= devices })
 		cpu0, cpuOK := processCPU(srv.cmd.Process.Pid)
+		simCPU0, simOK := processCPU(sim.cmd.Process.Pid)
+		subCPU0, subOK := processCPU(subPID)
 		start := time.Now()
 		sim.send("go")
 		sim.waitLine(time.Minute, "publishing ")
@@ -199,6 +203,15 @@ func BenchmarkEventsToMQTT(b *testing.B) {
 		if cpu1, ok := processCPU(srv.cmd.Process.Pid); ok && cpuOK && got.Load() > 0 {
 			b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(got.Load()), "server-cpu-µs/event")
 		}
+		// The simulator's and mosquitto_sub's CPU time over the same span
+		// (the simulator's per event sent): with the server's, what the
+		// machine spends per event.
+		if cpu1, ok := processCPU(sim.cmd.Process.Pid); ok && simOK && sent > 0 {
+			b.ReportMetric(float64((cpu1-simCPU0).Microseconds())/float64(sent), "sim-cpu-µs/event")
+		}
+		if cpu1, ok := processCPU(subPID); ok && subOK && subPID != 0 && got.Load() > 0 {
+			b.ReportMetric(float64((cpu1-subCPU0).Microseconds())/float64(got.Load()), "sub-cpu-µs/event")
+		}
 		b.ReportMetric(float64(got.Load())/delivered.Seconds(), "events/s")
 		b.ReportMetric(simRate, "offered-events/s")
 		b.ReportMetric(float64(sent-got.Load()), "lost")
@@ -209,9 +222,9 @@ func BenchmarkEventsToMQTT(b *testing.B) {
 
 // mosquittoSub runs mosquitto_sub on filter at qos against the broker at
 // addr until the test ends, calling arrived with the number of messages
-// as they come. It returns once mosquitto_sub is subscribed (it has
-// received the retained spark/bridge/state).
-func mosquittoSub(t testing.TB, addr string, qos byte, filter string, arrived func(n int64)) {
+// as they come. It returns mosquitto_sub's process id once it is
+// subscribed (it has received the retained spark/bridge/state).
+func mosquittoSub(t testing.TB, addr string, qos byte, filter string, arrived func(n int64)) int {
 	t.Helper()
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -258,6 +271,7 @@ func mosquittoSub(t testing.TB, addr string, qos byte, filter string, arrived fu
 	case <-time.After(10 * time.Second):
 		t.Fatal("mosquitto_sub did not subscribe within 10 s")
 	}
+	return cmd.Process.Pid
 }
 
 // simulator is a running `spark2mqtt simulate` process.
