@@ -174,10 +174,15 @@ func lineFrom(ctx context.Context, r io.Reader) bool {
 }
 
 // publishLoad publishes n events named name from devs, round robin, at rate
-// events per second in all (0: as fast as they can), each device on its own
-// goroutine and schedule (a device behind its schedule catches up at once,
-// so the rate holds on average). It prints a line when it starts and one
-// with the outcome when every device is done.
+// events per second in all (0: as fast as they can). At full speed each
+// device publishes on its own goroutine. At a rate, a few goroutines share
+// the devices (each device stays on one, so its events keep their order)
+// and follow the fleet's schedule, sleeping only when they are more than
+// loadSlack ahead of it: a timer wake-up per millisecond or so instead of
+// one per event, which would cost the simulator more than the event itself.
+// A device (or goroutine) behind its schedule catches up at once, so the
+// rate holds on average. It prints a line when it starts and one with the
+// outcome when every device is done.
 func publishLoad(ctx context.Context, stdout io.Writer, devs []*devsim.Device, n int, name string, rate float64) {
 	fmt.Fprintf(stdout, "publishing %d events at %s\n", n, rateText(rate))
 	var interval time.Duration // between two events of the fleet
@@ -186,41 +191,69 @@ func publishLoad(ctx context.Context, stdout io.Writer, devs []*devsim.Device, n
 	}
 	data := []byte("48.5")
 	var sent, failed atomic.Int64
+	emit := func(d *devsim.Device) {
+		if d.Emit(ctx, name, data, 60, false) == nil {
+			sent.Add(1)
+		} else {
+			failed.Add(1)
+		}
+	}
 	var wg sync.WaitGroup
 	start := time.Now()
-	for i, d := range devs {
-		if i >= n {
-			break
+	if interval == 0 {
+		for i, d := range devs {
+			if i >= n {
+				break
+			}
+			wg.Go(func() {
+				// Device i publishes the fleet's events i, i+len(devs), ...
+				for k := i; k < n && ctx.Err() == nil; k += len(devs) {
+					emit(d)
+				}
+			})
 		}
-		wg.Go(func() {
-			t := time.NewTimer(time.Hour)
-			t.Stop()
-			defer t.Stop()
-			// Device i publishes the fleet's events i, i+len(devs), ...
-			for k := i; k < n; k += len(devs) {
-				if interval > 0 {
-					if wait := time.Until(start.Add(time.Duration(k) * interval)); wait > 0 {
-						t.Reset(wait)
-						select {
-						case <-t.C:
-						case <-ctx.Done():
+	} else {
+		groups := min(len(devs), loadGoroutines)
+		for g := range groups {
+			wg.Go(func() {
+				t := time.NewTimer(time.Hour)
+				t.Stop()
+				defer t.Stop()
+				// This goroutine's devices are g, g+groups, ...; device i
+				// publishes the fleet's events i, i+len(devs), ..., event k
+				// being due at start + k×interval.
+				for m := 0; ; m++ {
+					for i := g; i < len(devs); i += groups {
+						k := i + m*len(devs)
+						if k >= n {
 							return
 						}
+						if wait := time.Until(start.Add(time.Duration(k) * interval)); wait > loadSlack {
+							t.Reset(wait)
+							select {
+							case <-t.C:
+							case <-ctx.Done():
+								return
+							}
+						}
+						emit(devs[i])
 					}
 				}
-				if d.Emit(ctx, name, data, 60, false) == nil {
-					sent.Add(1)
-				} else {
-					failed.Add(1)
-				}
-			}
-		})
+			})
+		}
 	}
 	wg.Wait()
 	took := time.Since(start)
 	fmt.Fprintf(stdout, "published %d events in %v (%.0f/s), %d failed\n", sent.Load(), took.Round(time.Millisecond),
 		float64(sent.Load())/took.Seconds(), failed.Load())
 }
+
+// The shape of publishLoad's schedule at a rate: how many goroutines share
+// the devices, and how far ahead of its schedule one may publish.
+const (
+	loadGoroutines = 8
+	loadSlack      = time.Millisecond
+)
 
 func rateText(rate float64) string {
 	if rate <= 0 {

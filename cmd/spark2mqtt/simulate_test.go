@@ -8,19 +8,29 @@ import (
 
 // TestSimulateLoad: `spark2mqtt simulate --count N --events M` connects the
 // fleet, waits for its go on standard input, publishes M events spread over
-// the devices, and says so; every event reaches MQTT.
+// the devices, and says so; every event reaches MQTT. At a rate (a few
+// goroutines share the devices) and at full speed (one per device).
 func TestSimulateLoad(t *testing.T) {
+	for _, tc := range []struct{ name, rate, says string }{
+		{"rate", "1000", "publishing 30 events at 1000/s"},
+		{"full speed", "0", "publishing 30 events at full speed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { simulateLoad(t, tc.rate, tc.says) })
+	}
+}
+
+func simulateLoad(t *testing.T, rate, says string) {
 	const devices, events = 3, 30
 	dataDir := t.TempDir()
 	srv := startServer(t, dataDir)
 	w := newWatcher(t, srv.MQTTAddr, "spark/+/event/load")
-	sim := startSimulator(t, srv, dataDir, "--count", "3", "--events", "30", "--rate", "1000", "--start-stdin")
+	sim := startSimulator(t, srv, dataDir, "--count", "3", "--events", "30", "--rate", rate, "--start-stdin")
 	if l := sim.waitLine(time.Minute, "all "); !strings.HasPrefix(l, "all 3 connected in ") || !strings.HasSuffix(l, ", 0 failed attempts") {
 		t.Errorf("got %q, want all 3 connected with no failed attempt", l)
 	}
 	sim.send("go")
-	if l := sim.waitLine(time.Minute, "publishing "); l != "publishing 30 events at 1000/s" {
-		t.Errorf("got %q", l)
+	if l := sim.waitLine(time.Minute, "publishing "); l != says {
+		t.Errorf("got %q, want %q", l, says)
 	}
 	if l := sim.waitLine(time.Minute, "published "); !strings.HasPrefix(l, "published 30 events in ") || !strings.HasSuffix(l, ", 0 failed") {
 		t.Errorf("got %q, want 30 events published, none failed", l)
