@@ -308,6 +308,13 @@ func TestCoreFixture(t *testing.T) {
 		if m := s.read(); m.Type != msg.Acknowledgement || m.Code != msg.Changed || m.ID != 0xabcd {
 			t.Errorf("signal stop answer: got %+v, want ACK 2.04 id 0xabcd", m)
 		}
+		// The device queues its ACK before it runs OnSignal: the ACK may
+		// come first.
+		waitFor(t, "both signals", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(signals) >= 2
+		})
 		mu.Lock()
 		defer mu.Unlock()
 		want := []msg.Event{
