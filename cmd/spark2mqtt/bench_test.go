@@ -95,6 +95,81 @@ func BenchmarkMQTTCallRoundTrip(b *testing.B) {
 	b.ReportMetric(float64(percentile(lat, 99).Microseconds()), "p99-µs")
 }
 
+// BenchmarkProcessRoundTrip measures the floor under
+// BenchmarkMQTTCallRoundTrip on this machine: sequential 100-byte round
+// trips over loopback TCP between this process and another one (this test
+// binary run again as an echo server), with p50 and p99 as metrics. A
+// function call crosses two such round trips (the MQTT client and the
+// server, the server and the device), each of which wakes a process that
+// sleeps; on a virtual machine whose idle vCPUs halt, that costs more when
+// the machine is quiet than when it is busy, so compare the two benchmarks
+// run back to back.
+func BenchmarkProcessRoundTrip(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), echoEnv+"="+ln.Addr().String())
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Wait() }()
+	c, err := ln.Accept()
+	if err != nil {
+		_ = cmd.Process.Kill()
+		b.Fatal(err)
+	}
+	defer c.Close() // the echo process ends at EOF
+	buf := make([]byte, 100)
+	rt := func() time.Duration {
+		start := time.Now()
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	for range 1000 {
+		rt()
+	}
+	var lat []time.Duration
+	for b.Loop() {
+		lat = append(lat, rt())
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(percentile(lat, 50).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(percentile(lat, 99).Microseconds()), "p99-µs")
+}
+
+// echoEnv names the address BenchmarkProcessRoundTrip's echo process
+// dials; TestMain runs echo instead of the tests when it is set.
+const echoEnv = "SPARK2MQTT_BENCH_ECHO"
+
+// echo sends back what it reads from a connection to addr until EOF, in
+// 100-byte messages, and returns the exit status.
+func echo(addr string) int {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		return 1
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+	for {
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return 0
+		}
+		if _, err := c.Write(buf); err != nil {
+			return 0
+		}
+	}
+}
+
 // BenchmarkEventsToMQTT measures device events reaching one MQTT
 // subscriber (QoS 1, as a user's tool subscribes) through the binary:
 // 1,000 simulated devices, in another process (`spark2mqtt simulate
