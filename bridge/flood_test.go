@@ -142,7 +142,7 @@ func TestFlood(t *testing.T) {
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 
-	p := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.brk.Addr().String()).SetClientID("flooder"))
+	p := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.brk.Addr().String()).SetClientID("flooder").SetAutoReconnect(false))
 	if tok := p.Connect(); !tok.WaitTimeout(waitLong) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}

@@ -46,7 +46,7 @@ func TestGetsJoin(t *testing.T) {
 	// 100 clients, each publishing one get, at once.
 	var wg sync.WaitGroup
 	for i := range 100 {
-		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.brk.Addr().String()).SetClientID(fmt.Sprintf("getter-%d", i)))
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + h.brk.Addr().String()).SetClientID(fmt.Sprintf("getter-%d", i)).SetAutoReconnect(false))
 		if tok := c.Connect(); !tok.WaitTimeout(waitLong) || tok.Error() != nil {
 			t.Fatal(tok.Error())
 		}
