@@ -64,7 +64,7 @@ func TestStuckClient(t *testing.T) {
 	b := startBroker(t, cfg)
 
 	stuck, _ := dialRaw(t, b.Addr().String(), 4, packets.Packet{Connect: packets.ConnectParams{ClientIdentifier: "stuck", Clean: true}})
-	stuck.subscribe("spark/#", 1) // and never reads again
+	stuck.Subscribe("spark/#", 1) // and never reads again
 	healthy := pahoCollector(t, connectPaho(t, pahoOptions(tcpURL(b), "healthy")), "spark/#", 1)
 
 	bridge := b.NewClient()
@@ -93,7 +93,7 @@ func TestStuckClient(t *testing.T) {
 func TestSlowAcksNotDropped(t *testing.T) {
 	b := startBroker(t, testConfig())
 	raw, _ := dialRaw(t, b.Addr().String(), 4, packets.Packet{Connect: packets.ConnectParams{ClientIdentifier: "lazy", Clean: true}})
-	raw.subscribe("spark/#", 1)
+	raw.Subscribe("spark/#", 1)
 	n := 2 * b.pacer.inflight
 	batch := b.pacer.inflight * 3 / 4
 
@@ -103,7 +103,7 @@ func TestSlowAcksNotDropped(t *testing.T) {
 	pkts := make(chan packets.Packet, 64)
 	readErr := make(chan error, 1)
 	go func() { // ends when the connection is closed (the test's cleanup) or fails
-		r := bufio.NewReader(raw.conn)
+		r := bufio.NewReader(raw.Conn())
 		for {
 			pk, err := readPacket(r)
 			if err != nil {
@@ -126,8 +126,8 @@ func TestSlowAcksNotDropped(t *testing.T) {
 				}
 			}
 			pending = pending[:0]
-			_ = raw.conn.SetWriteDeadline(time.Now().Add(testTimeout))
-			_, err := raw.conn.Write(buf.Bytes())
+			_ = raw.Conn().SetWriteDeadline(time.Now().Add(testTimeout))
+			_, err := raw.Conn().Write(buf.Bytes())
 			return err
 		}
 		idle := time.NewTimer(time.Hour)

@@ -270,7 +270,7 @@ func TestInflightStoredForPersistentSessionsOnly(t *testing.T) {
 		if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
 			t.Fatalf("%s: CONNACK %+v", c.name, ack)
 		}
-		raw.subscribe("spark/+/event/#", 1)
+		raw.Subscribe("spark/+/event/#", 1)
 		raws[c.name] = raw
 	}
 	if err := bridge.Publish(ctxT(t), broker.Message{Topic: "spark/d/event/e", Payload: []byte("x"), QoS: 1}); err != nil {
@@ -278,7 +278,7 @@ func TestInflightStoredForPersistentSessionsOnly(t *testing.T) {
 	}
 	ids := map[string]uint16{}
 	for _, c := range clients {
-		pk := raws[c.name].read() // not acknowledged yet
+		pk := raws[c.name].Read() // not acknowledged yet
 		if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 1 {
 			t.Fatalf("%s: got %+v, want a QoS 1 PUBLISH", c.name, pk)
 		}
@@ -303,7 +303,7 @@ func TestInflightStoredForPersistentSessionsOnly(t *testing.T) {
 	}
 
 	for _, c := range clients {
-		raws[c.name].send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: ids[c.name]})
+		raws[c.name].Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: ids[c.name]})
 	}
 	waitFor(t, "acknowledged in-flight records removed", func() bool { return len(storedFor()) == 0 })
 }

@@ -206,7 +206,7 @@ func TestIndexFreeWhileSubscriberStuck(t *testing.T) {
 			for _, f := range filters {
 				pk.Filters = append(pk.Filters, packets.Subscription{Filter: f, Qos: 1})
 			}
-			stuck.send(pk) // and never reads
+			stuck.Send(pk) // and never reads
 			waitFor(t, "the pacer waiting for the stuck client", func() bool { return b.Stats().Paced > paced })
 			start := time.Now()
 			probes := 0

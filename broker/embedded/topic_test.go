@@ -199,8 +199,8 @@ func TestPublishLimit(t *testing.T) {
 	if _, err := c.Subscribe(ctxT(t), "spark/#", 1, col.handle); err != nil {
 		t.Fatal(err)
 	}
-	raw.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, TopicName: topic, Payload: make([]byte, 8000)})
-	if pk := raw.read(); pk.FixedHeader.Type != 0 && pk.FixedHeader.Type != packets.Disconnect {
+	raw.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, TopicName: topic, Payload: make([]byte, 8000)})
+	if pk := raw.Read(); pk.FixedHeader.Type != 0 && pk.FixedHeader.Type != packets.Disconnect {
 		t.Errorf("after an oversize packet got packet type %d, want the connection closed", pk.FixedHeader.Type)
 	}
 	if err := c.Publish(ctxT(t), broker.Message{Topic: "spark/marker", Payload: []byte("m")}); err != nil {
