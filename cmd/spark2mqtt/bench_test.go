@@ -21,9 +21,12 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/spark2mqtt/spark2mqtt/coapdev/devsim"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/handshake"
 	"github.com/spark2mqtt/spark2mqtt/coapdev/keys"
+	"github.com/spark2mqtt/spark2mqtt/internal/mqttraw"
 )
 
 // percentile returns the p-th percentile (0..100) of sorted durations.
@@ -36,58 +39,99 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 }
 
 // BenchmarkMQTTCallRoundTrip measures a function call MQTT → device → MQTT
-// through the real binary with its embedded broker: a paho client publishes
-// the argument on spark/D/fn/heater and waits for spark/D/fn/heater/result;
-// the device is a simulated heater on loopback TCP. One call at a time
-// (run with -benchtime=10000x for the 10,000 sequential calls); p50 and p99
-// are reported as metrics.
+// through the real binary with its embedded broker: an MQTT client
+// publishes the argument on spark/D/fn/heater and waits for
+// spark/D/fn/heater/result; the device is a simulated heater on loopback
+// TCP. One call at a time (run with -benchtime=10000x for the 10,000
+// sequential calls); p50 and p99 are reported as metrics. QoS 0 on both
+// legs: the user's tool waits for the result, which is the acknowledgement
+// that matters; QoS 1 adds a PUBACK round trip per leg.
+//
+// Two clients: client=paho is what a Go user would run (paho passes every
+// message through several goroutines of its own); client=raw writes the
+// PUBLISH and reads the result on the benchmark's goroutine, so its figure
+// is the binary's round trip without a client library's hand-offs.
 func BenchmarkMQTTCallRoundTrip(b *testing.B) {
+	b.Run("client=paho", func(b *testing.B) {
+		srv, base := startCallBench(b)
+		results := make(chan string, 16)
+		opts := mqtt.NewClientOptions().AddBroker("tcp://" + srv.MQTTAddr).SetClientID("bench-rt").SetAutoReconnect(false)
+		cl := mqtt.NewClient(opts)
+		if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			b.Fatal(tok.Error())
+		}
+		b.Cleanup(func() { cl.Disconnect(100) })
+		if tok := cl.Subscribe(base+"/result", 0, func(_ mqtt.Client, m mqtt.Message) {
+			if !m.Retained() {
+				results <- string(m.Payload())
+			}
+		}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			b.Fatal(tok.Error())
+		}
+		measureCalls(b, func(arg string) string {
+			cl.Publish(base, 0, false, arg)
+			select {
+			case r := <-results:
+				return r
+			case <-time.After(10 * time.Second):
+				b.Fatalf("call %s: no result within 10 s", arg)
+				return ""
+			}
+		})
+	})
+	b.Run("client=raw", func(b *testing.B) {
+		srv, base := startCallBench(b)
+		c, ack := mqttraw.Dial(b, srv.MQTTAddr, 4, packets.Packet{Connect: packets.ConnectParams{ClientIdentifier: "bench-raw", Clean: true}})
+		if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+			b.Fatalf("CONNECT answered with %+v", ack.FixedHeader)
+		}
+		c.Timeout = 10 * time.Second
+		c.Subscribe(base+"/result", 0)
+		measureCalls(b, func(arg string) string {
+			c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: base, Payload: []byte(arg)})
+			for {
+				pk := c.ReadType(packets.Publish)
+				if !pk.FixedHeader.Retain {
+					return string(pk.Payload)
+				}
+			}
+		})
+	})
+}
+
+// startCallBench starts serve and a simulated heater, waits until the
+// heater is online and returns the server and the heater function's topic.
+func startCallBench(b *testing.B) (*server, string) {
 	dataDir := b.TempDir()
 	srv := startServer(b, dataDir, "SPARK2MQTT_LOG_LEVEL=info", "SPARK2MQTT_POLL_INTERVAL=1h")
 	h := newSimHeater(b, dataDir)
 	h.connect(srv.DeviceAddr)
-	base := "spark/" + heaterID + "/fn/heater"
-
-	results := make(chan string, 16)
-	opts := mqtt.NewClientOptions().AddBroker("tcp://" + srv.MQTTAddr).SetClientID("bench-rt").SetAutoReconnect(false)
-	cl := mqtt.NewClient(opts)
-	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		b.Fatal(tok.Error())
-	}
-	b.Cleanup(func() { cl.Disconnect(100) })
-	// QoS 0 on both legs: the user's tool waits for the result, which is the
-	// acknowledgement that matters; QoS 1 adds a PUBACK round trip per leg.
-	if tok := cl.Subscribe(base+"/result", 0, func(_ mqtt.Client, m mqtt.Message) {
-		if !m.Retained() {
-			results <- string(m.Payload())
-		}
-	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		b.Fatal(tok.Error())
-	}
 	w := newWatcher(b, srv.MQTTAddr, "spark/"+heaterID+"/availability")
 	w.wait(0, "spark/"+heaterID+"/availability", 20*time.Second, equals("online"))
+	return srv, "spark/" + heaterID + "/fn/heater"
+}
 
-	call := func(arg string) time.Duration {
+// measureCalls warms up with 50 calls, then times one call per b.Loop
+// iteration (alternately on and off; every result must carry a
+// return_value) and reports p50 and p99.
+func measureCalls(b *testing.B, call func(arg string) string) {
+	timed := func(arg string) time.Duration {
 		start := time.Now()
-		cl.Publish(base, 0, false, arg)
-		select {
-		case r := <-results:
-			if jsonField(r)["return_value"] == nil {
-				b.Fatalf("call %s: result %s", arg, r)
-			}
-		case <-time.After(10 * time.Second):
-			b.Fatalf("call %s: no result within 10 s", arg)
+		r := call(arg)
+		took := time.Since(start)
+		if jsonField(r)["return_value"] == nil {
+			b.Fatalf("call %s: result %s", arg, r)
 		}
-		return time.Since(start)
+		return took
 	}
 	for range 50 { // warm up: connections, describe, caches
-		call("on")
+		timed("on")
 	}
 	var lat []time.Duration
 	args := [2]string{"on", "off"}
 	i := 0
 	for b.Loop() {
-		lat = append(lat, call(args[i&1]))
+		lat = append(lat, timed(args[i&1]))
 		i++
 	}
 	slices.Sort(lat)
