@@ -58,6 +58,20 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// listenLine tells whether a JSON log line of serve announces the device
+// listener ("devices") or the embedded broker's TCP listener ("mqtt"), and
+// its address.
+func listenLine(m map[string]any) (what, addr string) {
+	addr, _ = m["addr"].(string)
+	switch {
+	case m["msg"] == "listening" && m["what"] == "devices":
+		return "devices", addr
+	case m["msg"] == "mqtt listening" && m["listener"] == "tcp":
+		return "mqtt", addr
+	}
+	return "", ""
+}
+
 // cleanEnv is the test process's environment without SPARK2MQTT_ variables
 // (the binary refuses unknown ones, and the test decides the rest).
 func cleanEnv(extra ...string) []string {
@@ -148,11 +162,11 @@ func startServer(t testing.TB, dataDir string, env ...string) *server {
 			}
 			s.mu.Lock()
 			s.lines = append(s.lines, m)
-			switch {
-			case m["msg"] == "listening" && m["what"] == "devices":
-				s.DeviceAddr, _ = m["addr"].(string)
-			case m["msg"] == "mqtt listening" && m["listener"] == "tcp":
-				s.MQTTAddr, _ = m["addr"].(string)
+			switch what, addr := listenLine(m); what {
+			case "devices":
+				s.DeviceAddr = addr
+			case "mqtt":
+				s.MQTTAddr = addr
 			}
 			ready := s.DeviceAddr != "" && (external || s.MQTTAddr != "")
 			s.mu.Unlock()

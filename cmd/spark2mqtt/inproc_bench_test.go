@@ -52,12 +52,15 @@ func startInProcess(t testing.TB, dataDir string) (deviceAddr, mqttAddr string) 
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) != nil || m["msg"] != "listening" {
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				continue
+			}
+			w, addr := listenLine(m)
+			if w == "" {
 				continue
 			}
 			mu.Lock()
-			w, _ := m["what"].(string)
-			addrs[w], _ = m["addr"].(string)
+			addrs[w] = addr
 			if addrs["devices"] != "" && addrs["mqtt"] != "" {
 				once.Do(func() { close(ready) })
 			}
