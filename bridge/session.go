@@ -12,9 +12,10 @@ import (
 // ErrTimeout is wrapped by a Device request that got no answer in time.
 var ErrTimeout = errors.New("bridge: device did not answer in time")
 
-// Handler returns the coapdev.Handler (also a coapdev.DescribeHandler and a
-// coapdev.SubscribeHandler) that feeds b from a coapdev.Server: pass it in
-// coapdev.Config.Handler. Its methods do not block.
+// Handler returns the coapdev.Handler (also a coapdev.DescribeHandler, a
+// coapdev.SubscribeHandler and a coapdev.QuickEventHandler) that feeds b
+// from a coapdev.Server: pass it in coapdev.Config.Handler. Its methods do
+// not block.
 func (b *Bridge) Handler() coapdev.Handler { return sessionHandler{b} }
 
 type sessionHandler struct{ b *Bridge }
@@ -28,6 +29,11 @@ func (h sessionHandler) Event(s *coapdev.Session, e msg.Event) {
 	// e.Data is the handler's to keep (coapdev.Handler).
 	h.b.enqueueEvent(eventItem{from: s.IDString(), src: NewDevice(s), e: e})
 }
+
+// QuickEvents implements coapdev.QuickEventHandler: Event only queues (or
+// drops the oldest queued event), so coapdev calls it on the session's read
+// loop.
+func (h sessionHandler) QuickEvents() {}
 
 func (h sessionHandler) SessionEnded(s *coapdev.Session, err error) {
 	h.b.DeviceOffline(NewDevice(s), err)

@@ -54,6 +54,18 @@ type DescribeHandler interface {
 	Described(s *Session, d msg.Description)
 }
 
+// QuickEventHandler is an optional interface of a Handler whose Event
+// never blocks and returns at once (it copies or queues what it keeps and
+// hands any work off). Its Event is called on the session's read loop
+// itself whenever no other Handler call of the session is queued or under
+// way, which saves a goroutine start and a hand-off per event; otherwise
+// the event is queued as for any Handler, so the calls stay in order and
+// one at a time. QuickEvents is a marker and is never called.
+type QuickEventHandler interface {
+	Handler
+	QuickEvents()
+}
+
 // SubscribeHandler is an optional interface of a Handler, for one that
 // keeps an index of subscriptions instead of asking every session
 // (Session.Subscribed) for every event. Subscribed reports a subscription

@@ -41,10 +41,28 @@ type delivery struct {
 	ended chan struct{}
 }
 
-// deliver queues a Handler call for s. It never blocks.
+// deliver queues a Handler call for s. It never blocks (but for the time a
+// QuickEventHandler's Event takes, which it calls itself when nothing is
+// queued before the event).
 func (s *Session) deliver(it item) {
 	d := &s.dlv
 	d.mu.Lock()
+	if it.kind == itemEvent && s.srv.quickEvents && !d.closed && !d.running {
+		// Nothing is queued (the queue is only non-empty while a drain
+		// runs): call the handler here, marked as running so that calls
+		// coming meanwhile queue behind this one.
+		d.running = true
+		d.mu.Unlock()
+		s.srv.cfg.Handler.Event(s, it.ev)
+		d.mu.Lock()
+		if len(d.q) == 0 {
+			d.running = false
+		} else {
+			s.srv.deliveries.Go(s.drain) // what came meanwhile, in order; running stays set
+		}
+		d.mu.Unlock()
+		return
+	}
 	defer d.mu.Unlock()
 	if d.closed {
 		return

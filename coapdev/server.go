@@ -21,6 +21,8 @@ type Server struct {
 	// Immutable after NewServer.
 	cfg   Config
 	hooks testHooks
+	// quickEvents: cfg.Handler is a QuickEventHandler.
+	quickEvents bool
 	// slots holds one token per handshake doing RSA work; capacity
 	// MaxHandshakes. Full: a handshake waits until its deadline.
 	slots chan struct{}
@@ -41,11 +43,13 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	_, quick := cfg.Handler.(QuickEventHandler)
 	return &Server{
-		cfg:      cfg,
-		slots:    make(chan struct{}, cfg.MaxHandshakes),
-		sessions: make(map[keys.DeviceID]*Session),
-		warn:     rateLimit{every: time.Minute, max: 1024},
+		cfg:         cfg,
+		quickEvents: quick,
+		slots:       make(chan struct{}, cfg.MaxHandshakes),
+		sessions:    make(map[keys.DeviceID]*Session),
+		warn:        rateLimit{every: time.Minute, max: 1024},
 	}, nil
 }
 

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -911,5 +913,62 @@ func TestSubscribeHandler(t *testing.T) {
 		if seen {
 			t.Errorf("subscription %d: Session.Subscribed reported it before the handler heard of it", i)
 		}
+	}
+}
+
+// quickRecorder is a recorder that is a QuickEventHandler, and checks that
+// its calls for a session never overlap.
+type quickRecorder struct {
+	*recorder
+	busy    atomic.Int32
+	overlap atomic.Int32
+}
+
+func (q *quickRecorder) QuickEvents() {}
+
+func (q *quickRecorder) enter() func() {
+	if q.busy.Add(1) != 1 {
+		q.overlap.Add(1)
+	}
+	return func() { q.busy.Add(-1) }
+}
+
+func (q *quickRecorder) SessionStarted(s *Session) { defer q.enter()(); q.recorder.SessionStarted(s) }
+func (q *quickRecorder) Event(s *Session, e msg.Event) {
+	defer q.enter()()
+	q.recorder.Event(s, e)
+}
+func (q *quickRecorder) SessionEnded(s *Session, err error) {
+	defer q.enter()()
+	q.recorder.SessionEnded(s, err)
+}
+
+// TestQuickEventHandler: with a QuickEventHandler, events the read loop
+// hands over itself still come after SessionStarted, in order, one call at
+// a time, and before SessionEnded.
+func TestQuickEventHandler(t *testing.T) {
+	var q *quickRecorder
+	ts := startServer(t, func(c *Config) {
+		q = &quickRecorder{recorder: c.Handler.(*recorder)}
+		c.Handler = q
+	})
+	d := dialDevice(t, ts, testID(1), handshake.Photon)
+	s := d.start(ts, heaterJSON)
+	const n = 300
+	for i := range n {
+		d.send(msg.NewEventFromDevice(msg.NonConfirmable, d.next(), "e", []byte(strconv.Itoa(i)), 60, false))
+	}
+	for i := range n {
+		got := recv(t, ts.rec.events, "event")
+		if got.s != s || string(got.e.Data) != strconv.Itoa(i) {
+			t.Fatalf("event %d: got %q from %p, want %d from %p", i, got.e.Data, got.s, i, s)
+		}
+	}
+	s.Close()
+	if e := recv(t, ts.rec.ended, "session end"); e.s != s {
+		t.Fatal("end of another session")
+	}
+	if n := q.overlap.Load(); n != 0 {
+		t.Errorf("%d overlapping handler calls", n)
 	}
 }
