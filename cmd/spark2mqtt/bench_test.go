@@ -54,30 +54,7 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 func BenchmarkMQTTCallRoundTrip(b *testing.B) {
 	b.Run("client=paho", func(b *testing.B) {
 		srv, base := startCallBench(b)
-		results := make(chan string, 16)
-		opts := mqtt.NewClientOptions().AddBroker("tcp://" + srv.MQTTAddr).SetClientID("bench-rt").SetAutoReconnect(false)
-		cl := mqtt.NewClient(opts)
-		if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			b.Fatal(tok.Error())
-		}
-		b.Cleanup(func() { cl.Disconnect(100) })
-		if tok := cl.Subscribe(base+"/result", 0, func(_ mqtt.Client, m mqtt.Message) {
-			if !m.Retained() {
-				results <- string(m.Payload())
-			}
-		}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			b.Fatal(tok.Error())
-		}
-		measureCalls(b, func(arg string) string {
-			cl.Publish(base, 0, false, arg)
-			select {
-			case r := <-results:
-				return r
-			case <-time.After(10 * time.Second):
-				b.Fatalf("call %s: no result within 10 s", arg)
-				return ""
-			}
-		})
+		measureCalls(b, pahoCaller(b, srv.MQTTAddr, base))
 	})
 	b.Run("client=raw", func(b *testing.B) {
 		srv, base := startCallBench(b)
@@ -109,6 +86,36 @@ func startCallBench(b *testing.B) (*server, string) {
 	w := newWatcher(b, srv.MQTTAddr, "spark/"+heaterID+"/availability")
 	w.wait(0, "spark/"+heaterID+"/availability", 20*time.Second, equals("online"))
 	return srv, "spark/" + heaterID + "/fn/heater"
+}
+
+// pahoCaller connects a paho client to the broker at mqttAddr and returns
+// a function that calls the function at topic base with an argument and
+// returns the (not retained) result.
+func pahoCaller(b *testing.B, mqttAddr, base string) func(arg string) string {
+	results := make(chan string, 16)
+	opts := mqtt.NewClientOptions().AddBroker("tcp://" + mqttAddr).SetClientID("bench-rt").SetAutoReconnect(false)
+	cl := mqtt.NewClient(opts)
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		b.Fatal(tok.Error())
+	}
+	b.Cleanup(func() { cl.Disconnect(100) })
+	if tok := cl.Subscribe(base+"/result", 0, func(_ mqtt.Client, m mqtt.Message) {
+		if !m.Retained() {
+			results <- string(m.Payload())
+		}
+	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		b.Fatal(tok.Error())
+	}
+	return func(arg string) string {
+		cl.Publish(base, 0, false, arg)
+		select {
+		case r := <-results:
+			return r
+		case <-time.After(10 * time.Second):
+			b.Fatalf("call %s: no result within 10 s", arg)
+			return ""
+		}
+	}
 }
 
 // measureCalls warms up with 50 calls, then times one call per b.Loop

@@ -6,12 +6,9 @@ import (
 	"encoding/json"
 	"io"
 	"runtime/trace"
-	"slices"
 	"sync"
 	"testing"
 	"time"
-
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // startInProcess runs serve in this process (for the execution tracer and
@@ -96,50 +93,13 @@ func BenchmarkMQTTCallRoundTripInProcess(b *testing.B) {
 	h := newSimHeater(b, dataDir)
 	h.connect(devAddr)
 	base := "spark/" + heaterID + "/fn/heater"
-
-	results := make(chan string, 16)
-	opts := mqtt.NewClientOptions().AddBroker("tcp://" + mqttAddr).SetClientID("bench-rt").SetAutoReconnect(false)
-	cl := mqtt.NewClient(opts)
-	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		b.Fatal(tok.Error())
-	}
-	b.Cleanup(func() { cl.Disconnect(100) })
-	if tok := cl.Subscribe(base+"/result", 0, func(_ mqtt.Client, m mqtt.Message) {
-		if !m.Retained() {
-			results <- string(m.Payload())
-		}
-	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		b.Fatal(tok.Error())
-	}
 	w := newWatcher(b, mqttAddr, "spark/"+heaterID+"/availability")
 	w.wait(0, "spark/"+heaterID+"/availability", 20*time.Second, equals("online"))
-
-	call := func(arg string) time.Duration {
-		start := time.Now()
+	call := pahoCaller(b, mqttAddr, base)
+	measureCalls(b, func(arg string) string {
 		trace.Log(context.Background(), "call", "start")
-		cl.Publish(base, 0, false, arg)
-		select {
-		case r := <-results:
-			trace.Log(context.Background(), "call", "end")
-			if jsonField(r)["return_value"] == nil {
-				b.Fatalf("call %s: result %s", arg, r)
-			}
-		case <-time.After(10 * time.Second):
-			b.Fatalf("call %s: no result within 10 s", arg)
-		}
-		return time.Since(start)
-	}
-	for range 50 {
-		call("on")
-	}
-	var lat []time.Duration
-	args := [2]string{"on", "off"}
-	i := 0
-	for b.Loop() {
-		lat = append(lat, call(args[i&1]))
-		i++
-	}
-	slices.Sort(lat)
-	b.ReportMetric(float64(percentile(lat, 50).Microseconds()), "p50-µs")
-	b.ReportMetric(float64(percentile(lat, 99).Microseconds()), "p99-µs")
+		r := call(arg)
+		trace.Log(context.Background(), "call", "end")
+		return r
+	})
 }
