@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf16"
 
 	"github.com/google/go-cmp/cmp"
 	"go.yaml.in/yaml/v3"
@@ -61,9 +62,12 @@ func FuzzParseNode(f *testing.F) {
 			}
 			// YAML breaks lines at \n, \r and \r\n (and NEL, LS, PS):
 			// an upper bound of the line number is their count plus one.
+			// The count is taken on the text the parser read, which
+			// for input with a UTF-16 byte order mark is the decoded text.
+			text := yamlText(data)
 			lines := 1
 			for _, br := range []string{"\n", "\r", "\u0085", "\u2028", "\u2029"} {
-				lines += strings.Count(string(data), br)
+				lines += strings.Count(text, br)
 			}
 			if e.File != "f.yaml" || e.Line < 0 || e.Line > lines || e.Msg == "" {
 				t.Fatalf("error %+v: file, line (of %d) or message wrong", e, lines)
@@ -127,4 +131,22 @@ func FuzzParseNode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// yamlText is data as the YAML parser reads it: UTF-16 (big or little
+// endian) when it starts with that byte order mark, UTF-8 otherwise.
+func yamlText(data []byte) string {
+	if len(data) < 2 || !(data[0] == 0xfe && data[1] == 0xff || data[0] == 0xff && data[1] == 0xfe) {
+		return string(data)
+	}
+	big := data[0] == 0xfe
+	u := make([]uint16, 0, len(data)/2)
+	for i := 2; i+1 < len(data); i += 2 {
+		if big {
+			u = append(u, uint16(data[i])<<8|uint16(data[i+1]))
+		} else {
+			u = append(u, uint16(data[i+1])<<8|uint16(data[i]))
+		}
+	}
+	return string(utf16.Decode(u))
 }
