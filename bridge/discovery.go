@@ -86,36 +86,30 @@ func (x *discovery) wake() {
 // kickDiscovery asks for device id's config to be rebuilt, and published
 // if it changed. It never blocks.
 func (b *Bridge) kickDiscovery(id string) {
-	if !b.cfg.Discovery {
-		return
+	if b.cfg.Discovery {
+		b.disco.mark(func(x *discovery) { x.dirty[id] = true })
 	}
-	x := b.disco
-	x.mu.Lock()
-	x.dirty[id] = true
-	x.mu.Unlock()
-	x.wake()
 }
 
 // discoveryRenew tells the discovery loop that device id started a session:
 // a removal by request no longer holds (its Describe announces it again).
 // It never blocks.
 func (b *Bridge) discoveryRenew(id string) {
-	if !b.cfg.Discovery {
-		return
+	if b.cfg.Discovery {
+		b.disco.mark(func(x *discovery) { x.renew[id] = true })
 	}
-	x := b.disco
-	x.mu.Lock()
-	x.renew[id] = true
-	x.mu.Unlock()
-	x.wake()
 }
 
 // requestRemove asks the discovery loop to remove device id from Home
 // Assistant. It never blocks.
 func (b *Bridge) requestRemove(id string, rs []responder) {
-	x := b.disco
+	b.disco.mark(func(x *discovery) { x.removes[id] = append(x.removes[id], rs...) })
+}
+
+// mark records work for the discovery loop under x.mu and wakes the loop.
+func (x *discovery) mark(record func(*discovery)) {
 	x.mu.Lock()
-	x.removes[id] = append(x.removes[id], rs...)
+	record(x)
 	x.mu.Unlock()
 	x.wake()
 }
