@@ -567,20 +567,7 @@ func TestPublishInFlightWhenConnectionDrops(t *testing.T) {
 				}
 				// The first connection takes the PUBLISH and hangs up
 				// without a PUBACK.
-				for {
-					h, _, err := readPacket(r)
-					if err != nil {
-						return
-					}
-					switch h >> 4 {
-					case 1:
-						_, _ = c.Write([]byte{0x20, 2, 0, 0})
-					case 3:
-						return
-					case 12:
-						_, _ = c.Write([]byte{0xd0, 0})
-					}
-				}
+				session(c, r, func(h byte, _ []byte) bool { return h>>4 != 3 })
 			})
 			cfg, _ := testConfig(t, "tcp://"+f.addr)
 			cfg.ClientID, cfg.PersistentSession = "inflight", persistent

@@ -94,9 +94,10 @@ func connackAnswer(rc byte) func(net.Conn, *bufio.Reader) {
 	}
 }
 
-// refuseSubscriptions accepts the connection and answers every SUBSCRIBE
-// with 0x80 for each filter; it answers PINGREQ and ends at DISCONNECT.
-func refuseSubscriptions(c net.Conn, r *bufio.Reader) {
+// session answers CONNECT (accepted) and PINGREQ, ends at DISCONNECT or a
+// read error, and hands every other packet to other, which ends the
+// session by returning false.
+func session(c net.Conn, r *bufio.Reader, other func(h byte, body []byte) bool) {
 	for {
 		h, body, err := readPacket(r)
 		if err != nil {
@@ -105,7 +106,23 @@ func refuseSubscriptions(c net.Conn, r *bufio.Reader) {
 		switch h >> 4 {
 		case 1: // CONNECT
 			_, _ = c.Write([]byte{0x20, 2, 0, 0})
-		case 8: // SUBSCRIBE: packet id, then (filter, qos) pairs
+		case 12: // PINGREQ
+			_, _ = c.Write([]byte{0xd0, 0})
+		case 14: // DISCONNECT
+			return
+		default:
+			if !other(h, body) {
+				return
+			}
+		}
+	}
+}
+
+// refuseSubscriptions accepts the connection and answers every SUBSCRIBE
+// with 0x80 for each filter.
+func refuseSubscriptions(c net.Conn, r *bufio.Reader) {
+	session(c, r, func(h byte, body []byte) bool {
+		if h>>4 == 8 { // SUBSCRIBE: packet id, then (filter, qos) pairs
 			mid := body[:2]
 			var codes []byte
 			for p := 2; p+2 <= len(body); {
@@ -115,30 +132,14 @@ func refuseSubscriptions(c net.Conn, r *bufio.Reader) {
 			}
 			out := append([]byte{0x90, byte(2 + len(codes))}, mid...)
 			_, _ = c.Write(append(out, codes...))
-		case 12: // PINGREQ
-			_, _ = c.Write([]byte{0xd0, 0})
-		case 14: // DISCONNECT
-			return
 		}
-	}
+		return true
+	})
 }
 
 // ignoreSubscriptions accepts the connection and never answers SUBSCRIBE.
 func ignoreSubscriptions(c net.Conn, r *bufio.Reader) {
-	for {
-		h, _, err := readPacket(r)
-		if err != nil {
-			return
-		}
-		switch h >> 4 {
-		case 1:
-			_, _ = c.Write([]byte{0x20, 2, 0, 0})
-		case 12:
-			_, _ = c.Write([]byte{0xd0, 0})
-		case 14:
-			return
-		}
-	}
+	session(c, r, func(byte, []byte) bool { return true })
 }
 
 // publishPacket is a PUBLISH as the fake broker received it.
@@ -162,29 +163,18 @@ func parsePublish(h byte, body []byte) (p publishPacket, mid []byte) {
 }
 
 // ackPublishes accepts the connection, acknowledges every QoS 1 PUBLISH
-// and sends what it received to got; it answers PINGREQ and ends at
-// DISCONNECT.
+// and sends what it received to got.
 func ackPublishes(got chan<- publishPacket) func(net.Conn, *bufio.Reader) {
 	return func(c net.Conn, r *bufio.Reader) {
-		for {
-			h, body, err := readPacket(r)
-			if err != nil {
-				return
-			}
-			switch h >> 4 {
-			case 1:
-				_, _ = c.Write([]byte{0x20, 2, 0, 0})
-			case 3:
+		session(c, r, func(h byte, body []byte) bool {
+			if h>>4 == 3 {
 				p, mid := parsePublish(h, body)
 				if p.qos == 1 {
 					_, _ = c.Write(append([]byte{0x40, 2}, mid...))
 				}
 				got <- p
-			case 12:
-				_, _ = c.Write([]byte{0xd0, 0})
-			case 14:
-				return
 			}
-		}
+			return true
+		})
 	}
 }
