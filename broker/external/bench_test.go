@@ -242,6 +242,63 @@ func BenchmarkThroughputParallel(b *testing.B) {
 	}
 }
 
+// pairedSide is one of the two clients (paho, iface) a paired benchmark
+// alternates on the same Mosquitto.
+type pairedSide struct {
+	lat       *latencies
+	pub       publisher
+	topic     string
+	sent      int64
+	took, e2e time.Duration // BenchmarkThroughputPaired's timings
+}
+
+// pairedSides makes the two sides, in the order of vias, each publishing
+// and subscribing on a topic of its own.
+func pairedSides(b *testing.B, mq *mosquittotest.Broker, name string, qos byte) [2]*pairedSide {
+	var sides [2]*pairedSide
+	for i, via := range vias {
+		s := &pairedSide{lat: newLatencies(), topic: fmt.Sprintf("bench/%s/%s/%d/%d", name, via.name, qos, time.Now().UnixNano())}
+		s.pub = via.make(b, mq, s.topic, qos, s.lat)
+		sides[i] = s
+	}
+	return sides
+}
+
+// publish publishes n messages as fast as one goroutine can.
+func (s *pairedSide) publish(b *testing.B, qos byte, n int) {
+	for range n {
+		if err := s.pub.publish(s.topic, qos, payload()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	s.sent += int64(n)
+}
+
+// await waits until the side's handler has had every message sent.
+func (s *pairedSide) await(b *testing.B) {
+	timeout := time.NewTimer(opTimeout)
+	defer timeout.Stop()
+	for s.lat.got.Load() < s.sent {
+		select {
+		case <-s.lat.sig:
+		case <-timeout.C:
+			b.Fatalf("%d of %d messages arrived", s.lat.got.Load(), s.sent)
+		}
+	}
+}
+
+// alternate runs one for both sides per b.Loop iteration, changing who goes
+// first each time so that neither always follows the other.
+func alternate(b *testing.B, sides [2]*pairedSide, one func(*pairedSide)) {
+	b.ReportAllocs()
+	turn := 0
+	for b.Loop() {
+		one(sides[turn])
+		one(sides[1-turn])
+		turn = 1 - turn
+	}
+}
+
 // BenchmarkLatencyPaired is BenchmarkLatency with the two sides taking
 // turns, one message each, on the same Mosquitto: both see the same
 // machine at the same moments, so their ratio holds on a machine whose load
@@ -252,35 +309,11 @@ func BenchmarkLatencyPaired(b *testing.B) {
 	mq := mosquittotest.Start(b, mosquittotest.Options{Extra: benchBroker})
 	for _, qos := range []byte{0, 1} {
 		b.Run(fmt.Sprintf("qos=%d", qos), func(b *testing.B) {
-			type side struct {
-				lat   *latencies
-				pub   publisher
-				topic string
-				sent  int64
-			}
-			var sides [2]*side
-			for i, via := range vias {
-				s := &side{lat: newLatencies(), topic: fmt.Sprintf("bench/pair/%s/%d/%d", via.name, qos, time.Now().UnixNano())}
-				s.pub = via.make(b, mq, s.topic, qos, s.lat)
-				sides[i] = s
-			}
-			one := func(s *side) {
-				if err := s.pub.publish(s.topic, qos, payload()); err != nil {
-					b.Fatal(err)
-				}
-				s.sent++
-				for s.lat.got.Load() < s.sent {
-					<-s.lat.sig
-				}
-			}
-			b.ReportAllocs()
-			turn := 0
-			for b.Loop() {
-				// Alternate who goes first, so neither always follows the other.
-				one(sides[turn])
-				one(sides[1-turn])
-				turn = 1 - turn
-			}
+			sides := pairedSides(b, mq, "pair", qos)
+			alternate(b, sides, func(s *pairedSide) {
+				s.publish(b, qos, 1)
+				s.await(b)
+			})
 			var p50, p99 [2]float64
 			for i, s := range sides {
 				ns := slices.Clone(s.lat.ns)
@@ -311,52 +344,20 @@ func BenchmarkThroughputPaired(b *testing.B) {
 	mq := mosquittotest.Start(b, mosquittotest.Options{Extra: benchBroker})
 	for _, qos := range []byte{0, 1} {
 		b.Run(fmt.Sprintf("qos=%d", qos), func(b *testing.B) {
-			type side struct {
-				lat       *latencies
-				pub       publisher
-				topic     string
-				sent      int64
-				took, e2e time.Duration
-			}
-			var sides [2]*side
-			for i, via := range vias {
-				s := &side{lat: newLatencies(), topic: fmt.Sprintf("bench/tpair/%s/%d/%d", via.name, qos, time.Now().UnixNano())}
-				s.pub = via.make(b, mq, s.topic, qos, s.lat)
-				sides[i] = s
-			}
-			one := func(s *side) {
+			sides := pairedSides(b, mq, "tpair", qos)
+			alternate(b, sides, func(s *pairedSide) {
 				start := time.Now()
-				for range burst {
-					if err := s.pub.publish(s.topic, qos, payload()); err != nil {
-						b.Fatal(err)
-					}
-				}
-				s.sent += burst
+				s.publish(b, qos, burst)
 				s.took += time.Since(start)
-				timeout := time.NewTimer(opTimeout)
-				defer timeout.Stop()
-				for s.lat.got.Load() < s.sent {
-					select {
-					case <-s.lat.sig:
-					case <-timeout.C:
-						b.Fatalf("%d of %d messages arrived", s.lat.got.Load(), s.sent)
-					}
-				}
+				s.await(b)
 				s.e2e += time.Since(start)
-			}
-			b.ReportAllocs()
-			turn := 0
-			for b.Loop() {
-				one(sides[turn])
-				one(sides[1-turn])
-				turn = 1 - turn
-			}
+			})
 			for _, s := range sides {
 				if s.sent == 0 {
 					return
 				}
 			}
-			per := func(d time.Duration, s *side) float64 { return float64(d.Nanoseconds()) / float64(s.sent) }
+			per := func(d time.Duration, s *pairedSide) float64 { return float64(d.Nanoseconds()) / float64(s.sent) }
 			for i, s := range sides {
 				b.ReportMetric(per(s.took, s), vias[i].name+"-pub-ns/msg")
 				b.ReportMetric(per(s.e2e, s), vias[i].name+"-e2e-ns/msg")
