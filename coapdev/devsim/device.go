@@ -199,12 +199,9 @@ func (d *Device) SetVariables(vars []Variable) {
 // Config.NoRateLimit), ErrNotConnected without a connection, or ctx's
 // error.
 func (d *Device) Publish(ctx context.Context, name string, data []byte, ttl uint32, private bool) error {
-	l := d.current()
-	if l == nil {
-		return ErrNotConnected
-	}
-	if !d.allowEvent(time.Now()) {
-		return ErrRateLimited
+	l, err := d.eventLink()
+	if err != nil {
+		return err
 	}
 	return l.do(ctx, func() error { return l.publish(name, data, ttl, private) })
 }
@@ -216,12 +213,9 @@ func (d *Device) Publish(ctx context.Context, name string, data []byte, ttl uint
 // connection, which Run reports. Errors: ErrNotConnected, ErrRateLimited,
 // ctx's error.
 func (d *Device) Emit(ctx context.Context, name string, data []byte, ttl uint32, private bool) error {
-	l := d.current()
-	if l == nil {
-		return ErrNotConnected
-	}
-	if !d.allowEvent(time.Now()) {
-		return ErrRateLimited
+	l, err := d.eventLink()
+	if err != nil {
+		return err
 	}
 	select {
 	case l.cmds <- func() { _ = l.publish(name, data, ttl, private) }:
@@ -231,6 +225,19 @@ func (d *Device) Emit(ctx context.Context, name string, data []byte, ttl uint32,
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// eventLink is the connection an event goes out on, once the firmware's
+// rate limit lets it: ErrNotConnected or ErrRateLimited otherwise.
+func (d *Device) eventLink() (*link, error) {
+	l := d.current()
+	if l == nil {
+		return nil, ErrNotConnected
+	}
+	if !d.allowEvent(time.Now()) {
+		return nil, ErrRateLimited
+	}
+	return l, nil
 }
 
 // Subscribe adds an application subscription, like Particle.subscribe: it
